@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`. `make setup` is what both share.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-unit test-integration lock clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml or constraints.txt change. torch comes
+# from the exact pin (2.13.0, the CPU wheel on machines without CUDA).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[local,test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: setup
+	$(BIN)/ctfleet demo
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+# Refresh the exact pins of every installed package after changing pyproject.toml.
+lock: setup
+	{ echo '# Exact versions of every package the test and local installs pull in (pip freeze).'; \
+	  echo '# Regenerate with `make lock` after changing pyproject.toml.'; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^ctfleet' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

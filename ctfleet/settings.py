@@ -1,0 +1,239 @@
+"""The one source of settings.
+
+Resource names, queue and table attributes and environment variable names are
+defined here once; ``infra/`` declares resources from them and the runtime
+reads them. Nothing reads the environment at import time: ``Settings.from_env``
+is called once in ``main()`` (or a Lambda's cold start) and passed down.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+
+class Env:
+    """Names of the environment variables ctfleet reads. Nothing else is read."""
+
+    STACK = "CTFLEET_STACK"
+    REGION = "AWS_DEFAULT_REGION"
+    # boto3's own variable: every client gets its endpoint from here (and the
+    # service-specific AWS_ENDPOINT_URL_<SERVICE> variants boto3 also honours).
+    ENDPOINT = "AWS_ENDPOINT_URL"
+    BUCKET_SUFFIX = "CTFLEET_BUCKET_SUFFIX"
+    FACILITIES = "CTFLEET_FACILITIES"
+    HIGH_THRESHOLD = "CTFLEET_HIGH_THRESHOLD"
+    MODEL = "CTFLEET_MODEL"
+    DEVICE = "CTFLEET_DEVICE"
+    INSTANCE_TYPE = "CTFLEET_INSTANCE_TYPE"
+    GPU_PRICE_PER_HOUR = "CTFLEET_GPU_PRICE_PER_HOUR"
+    IMDS_ENDPOINT = "CTFLEET_IMDS_ENDPOINT"
+    LOG_LEVEL = "CTFLEET_LOG_LEVEL"
+    API_URL = "CTFLEET_API_URL"
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """An SQS queue and its dead-letter queue."""
+
+    name: str
+    visibility_timeout_s: int
+    long_poll_s: int
+    max_receive_count: int
+    retention_s: int = 4 * 24 * 3600
+    dlq_retention_s: int = 14 * 24 * 3600
+
+    @property
+    def dlq_name(self) -> str:
+        return f"{self.name}-dlq"
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """A global secondary index: partition and sort key names (all strings)."""
+
+    name: str
+    partition_key: str
+    sort_key: str
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A DynamoDB table with a string partition key."""
+
+    name: str
+    partition_key: str
+    indexes: tuple[IndexSpec, ...] = ()
+    stream_view_type: str | None = None
+    ttl_attribute: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the runtime and ``infra/`` need to agree on."""
+
+    stack: str = "ctfleet"
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    bucket_suffix: str = ""
+    facilities: tuple[str, ...] = ("demo",)
+    high_threshold: float = 0.85
+    model: str = "default"
+    device: str = "auto"
+    instance_type: str = "g5.xlarge"
+    gpu_price_per_hour: float = 0.45
+    imds_endpoint: str = "http://169.254.169.254"
+    log_level: str = "INFO"
+    api_url: str | None = None
+
+    # Seconds between visibility extensions; must stay well under the job
+    # queues' visibility timeout (checked in ``worker`` at start).
+    heartbeat_s: int = 30
+    # How long a presigned upload URL stays valid, and how long an upload may
+    # stay incomplete before it expires.
+    upload_url_ttl_s: int = 3600
+    upload_expiry_s: int = 24 * 3600
+    # Raw (PHI) objects are deleted after ingest; the lifecycle rule is the backstop.
+    raw_expiry_days: int = 2
+    message_version: int = 1
+
+    # -- construction -----------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read the settings once from ``environ`` (default ``os.environ``)."""
+        env = os.environ if environ is None else environ
+        base = cls()
+        facilities = tuple(f.strip() for f in env.get(Env.FACILITIES, "").split(",") if f.strip())
+        return replace(
+            base,
+            stack=env.get(Env.STACK, base.stack),
+            region=env.get(Env.REGION, base.region),
+            endpoint_url=env.get(Env.ENDPOINT) or None,
+            bucket_suffix=env.get(Env.BUCKET_SUFFIX, base.bucket_suffix),
+            facilities=facilities or base.facilities,
+            high_threshold=float(env.get(Env.HIGH_THRESHOLD, base.high_threshold)),
+            model=env.get(Env.MODEL, base.model),
+            device=env.get(Env.DEVICE, base.device),
+            instance_type=env.get(Env.INSTANCE_TYPE, base.instance_type),
+            gpu_price_per_hour=float(env.get(Env.GPU_PRICE_PER_HOUR, base.gpu_price_per_hour)),
+            imds_endpoint=env.get(Env.IMDS_ENDPOINT, base.imds_endpoint),
+            log_level=env.get(Env.LOG_LEVEL, base.log_level),
+            api_url=env.get(Env.API_URL) or None,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes ``from_env`` give back these settings.
+
+        Used to hand settings to worker subprocesses and to Lambda functions.
+        """
+        env = {
+            Env.STACK: self.stack,
+            Env.REGION: self.region,
+            Env.BUCKET_SUFFIX: self.bucket_suffix,
+            Env.FACILITIES: ",".join(self.facilities),
+            Env.HIGH_THRESHOLD: repr(self.high_threshold),
+            Env.MODEL: self.model,
+            Env.DEVICE: self.device,
+            Env.INSTANCE_TYPE: self.instance_type,
+            Env.GPU_PRICE_PER_HOUR: repr(self.gpu_price_per_hour),
+            Env.IMDS_ENDPOINT: self.imds_endpoint,
+            Env.LOG_LEVEL: self.log_level,
+        }
+        if self.endpoint_url:
+            env[Env.ENDPOINT] = self.endpoint_url
+        if self.api_url:
+            env[Env.API_URL] = self.api_url
+        return env
+
+    # -- resource names ---------------------------------------------------------------
+
+    def _bucket(self, role: str) -> str:
+        suffix = f"-{self.bucket_suffix}" if self.bucket_suffix else ""
+        return f"{self.stack}-{role}{suffix}"
+
+    @property
+    def raw_bucket(self) -> str:
+        """Uploads as sent, with PHI: KMS-encrypted, deleted after ingest."""
+        return self._bucket("raw")
+
+    @property
+    def studies_bucket(self) -> str:
+        """De-identified series, the worker's input."""
+        return self._bucket("studies")
+
+    @property
+    def results_bucket(self) -> str:
+        """Labels, overlays and reports."""
+        return self._bucket("results")
+
+    @property
+    def buckets(self) -> tuple[str, str, str]:
+        return (self.raw_bucket, self.studies_bucket, self.results_bucket)
+
+    @property
+    def ingest_queue(self) -> QueueSpec:
+        # Lambda's guidance: visibility >= 6x the function timeout (ingest: 60 s).
+        return QueueSpec(f"{self.stack}-ingest", visibility_timeout_s=360, long_poll_s=20, max_receive_count=5)
+
+    @property
+    def urgent_queue(self) -> QueueSpec:
+        return QueueSpec(f"{self.stack}-urgent", visibility_timeout_s=120, long_poll_s=20, max_receive_count=3)
+
+    @property
+    def backfill_queue(self) -> QueueSpec:
+        return QueueSpec(f"{self.stack}-backfill", visibility_timeout_s=120, long_poll_s=20, max_receive_count=3)
+
+    @property
+    def queues(self) -> tuple[QueueSpec, QueueSpec, QueueSpec]:
+        return (self.ingest_queue, self.urgent_queue, self.backfill_queue)
+
+    def job_queue(self, priority: str) -> QueueSpec:
+        """The queue for a job's priority: ``urgent`` or ``backfill``."""
+        if priority == "urgent":
+            return self.urgent_queue
+        if priority == "backfill":
+            return self.backfill_queue
+        raise ValueError(f"unknown priority {priority!r}")
+
+    @property
+    def studies_table(self) -> TableSpec:
+        """One item per study (key: the facility-scoped study key)."""
+        return TableSpec(
+            name=f"{self.stack}-studies",
+            partition_key="study_key",
+            indexes=(IndexSpec("by_facility", "facility", "created_at"),),
+            stream_view_type="NEW_AND_OLD_IMAGES",
+        )
+
+    @property
+    def uploads_table(self) -> TableSpec:
+        """One item per upload: every upload ends here in a recorded state."""
+        return TableSpec(
+            name=f"{self.stack}-uploads",
+            partition_key="upload_id",
+            indexes=(IndexSpec("by_facility", "facility", "created_at"),),
+            ttl_attribute="expires_at",
+        )
+
+    @property
+    def tables(self) -> tuple[TableSpec, TableSpec]:
+        return (self.studies_table, self.uploads_table)
+
+    @property
+    def alerts_topic(self) -> str:
+        return f"{self.stack}-alerts"
+
+    def facility_secret_name(self, facility: str) -> str:
+        """Secrets Manager name of a facility's HMAC secret."""
+        return f"{self.stack}/facility/{facility}"
+
+    @property
+    def log_group(self) -> str:
+        return f"/{self.stack}/worker"
+
+    @property
+    def manifest_name(self) -> str:
+        """The object whose arrival in ``raw/`` means an upload is complete."""
+        return "manifest.json"
