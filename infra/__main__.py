@@ -1,0 +1,194 @@
+"""The ctfleet Pulumi program: reads the settings once and wires the components.
+
+Resource names
+--------------
+Every name comes from :class:`ctfleet.settings.Settings`, whose ``stack`` field
+prefixes them all (``{stack}-raw``, ``{stack}-ingest``, ``{stack}-studies`` ...).
+For a deployment that prefix is derived from the Pulumi stack, so several
+stacks (``dev``, ``prod``) live side by side in one account:
+
+* ``pulumi config set ctfleet:stack NAME`` sets it explicitly (e.g. to adopt
+  existing resources);
+* otherwise it is ``ctfleet-{pulumi stack}``, the stack name lowercased with
+  anything but letters and digits turned into ``-`` (``Prod_EU`` gives
+  ``ctfleet-prod-eu``).
+
+``CTFLEET_STACK`` in the environment is deliberately not used for the name:
+that variable is the runtime's copy of this decision (the ``env`` output), and
+deriving names from it would let a shell left pointing at one stack rename
+another's resources. The program warns when the two differ.
+
+Bucket names are global across all AWS accounts, so
+``pulumi config set ctfleet:bucketSuffix SUFFIX`` (or ``CTFLEET_BUCKET_SUFFIX``)
+appends a suffix to the three bucket names only. ``aws:region`` (or
+``AWS_DEFAULT_REGION``) sets the region. Everything else comes from
+``Settings.from_env()``.
+
+The ``env`` stack output is ``Settings.to_env()`` for the deployed stack: the
+environment that makes the runtime (Lambdas, workers, the ``ctfleet`` CLI) read
+the same names, e.g. ``pulumi stack output env --json``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from ctfleet.settings import Settings
+from infra.components import Alerts, AlertsArgs, Queues, QueuesArgs, Storage, StorageArgs, Tables, TablesArgs
+
+# The runtime's default stack name doubles as the project prefix, so a
+# deployed stack's names read as ``ctfleet-dev-...`` next to the local ``ctfleet-...``.
+PROJECT_PREFIX = Settings().stack
+
+
+def stack_name(pulumi_stack: str, prefix: str = PROJECT_PREFIX) -> str:
+    """The ``Settings.stack`` for a Pulumi stack: ``{prefix}-{slug of pulumi_stack}``.
+
+    Parameters
+    ----------
+    pulumi_stack
+        The Pulumi stack's name (``pulumi.get_stack()``), e.g. ``dev``.
+    prefix
+        Project prefix.
+
+    Returns
+    -------
+    str
+        A name usable in bucket, queue, table and topic names.
+
+    Raises
+    ------
+    ValueError
+        If the stack name has no letter or digit.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", pulumi_stack.lower()).strip("-")
+    if not slug:
+        raise ValueError(f"stack name {pulumi_stack!r} has no letters or digits; set ctfleet:stack")
+    return f"{prefix}-{slug}"
+
+
+def settings_for_stack(
+    base: Settings,
+    pulumi_stack: str,
+    *,
+    name: str | None = None,
+    bucket_suffix: str | None = None,
+    region: str | None = None,
+) -> Settings:
+    """The settings a Pulumi stack deploys: ``base`` with its names made per-stack.
+
+    Parameters
+    ----------
+    base
+        Settings read once from the environment.
+    pulumi_stack
+        The Pulumi stack's name.
+    name
+        Explicit ``Settings.stack`` (config ``ctfleet:stack``); ``None`` or
+        empty derives it with :func:`stack_name`.
+    bucket_suffix
+        Bucket name suffix (config ``ctfleet:bucketSuffix``); ``None`` keeps ``base``'s.
+    region
+        AWS region (config ``aws:region``); ``None`` or empty keeps ``base``'s.
+
+    Returns
+    -------
+    Settings
+    """
+    return replace(
+        base,
+        stack=name or stack_name(pulumi_stack),
+        bucket_suffix=base.bucket_suffix if bucket_suffix is None else bucket_suffix,
+        region=region or base.region,
+    )
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    """Declare every resource ``settings`` names and return the stack outputs.
+
+    Parameters
+    ----------
+    settings
+        The stack's settings; every resource name comes from here.
+
+    Returns
+    -------
+    dict
+        Output name to value (plain or ``pulumi.Output``), for ``pulumi.export``.
+    """
+    identity = aws.get_caller_identity_output()
+    partition = aws.get_partition_output().partition
+    # Tagged for cost allocation: finance splits the bill by stack.
+    tags = {"ctfleet:stack": settings.stack}
+
+    queues = Queues("queues", QueuesArgs.from_settings(settings, tags=tags))
+    tables = Tables("tables", TablesArgs.from_settings(settings, tags=tags))
+    ingest = queues.queues["ingest"]
+    storage = Storage(
+        "storage",
+        StorageArgs.from_settings(
+            settings,
+            ingest_queue_arn=ingest.arn,
+            ingest_queue_url=ingest.url,
+            account_id=identity.account_id,
+            tags=tags,
+        ),
+    )
+    alerts = Alerts(
+        "alerts",
+        AlertsArgs.from_settings(settings, account_id=identity.account_id, partition=partition, tags=tags),
+    )
+
+    outputs: dict[str, Any] = {
+        "stack": settings.stack,
+        "region": settings.region,
+        "env": settings.to_env(),
+        "storage_key_arn": storage.key.arn,
+        "alerts_topic": alerts.topic.name,
+        "alerts_topic_arn": alerts.topic.arn,
+    }
+    for role, bucket in storage.buckets.items():
+        outputs[f"{role}_bucket"] = bucket.bucket
+        outputs[f"{role}_bucket_arn"] = bucket.arn
+    for role, queue in queues.queues.items():
+        dlq = queues.dlqs[role]
+        outputs[f"{role}_queue"] = queue.name
+        outputs[f"{role}_queue_url"] = queue.url
+        outputs[f"{role}_queue_arn"] = queue.arn
+        outputs[f"{role}_dlq_url"] = dlq.url
+        outputs[f"{role}_dlq_arn"] = dlq.arn
+    for role, table in tables.tables.items():
+        outputs[f"{role}_table"] = table.name
+        outputs[f"{role}_table_arn"] = table.arn
+    outputs["studies_table_stream_arn"] = tables.tables["studies"].stream_arn
+    return outputs
+
+
+def main() -> None:
+    """Read the settings once, build the stack and export its outputs."""
+    config = pulumi.Config()
+    base = Settings.from_env()
+    settings = settings_for_stack(
+        base,
+        pulumi.get_stack(),
+        name=config.get("stack"),
+        bucket_suffix=config.get("bucketSuffix"),
+        region=pulumi.Config("aws").get("region"),
+    )
+    if base.stack != PROJECT_PREFIX and base.stack != settings.stack:
+        pulumi.log.warn(
+            f"CTFLEET_STACK={base.stack!r} in the environment is ignored; this stack's names use "
+            f"{settings.stack!r} (set ctfleet:stack to choose it)"
+        )
+    for name, value in build(settings).items():
+        pulumi.export(name, value)
+
+
+# Pulumi runs this file as __main__; importing it (tests) declares nothing.
+if __name__ == "__main__":
+    main()
