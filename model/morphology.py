@@ -1,0 +1,190 @@
+"""Binary morphology and connected components as torch tensor ops.
+
+All functions take boolean tensors of shape ``(Z, Y, X)`` on any device.
+
+Dilation is done with separable one-voxel shifts (``logical_or`` of shifted
+views) rather than ``max_pool3d``: on CPU, torch's 3-D max pooling is about
+50x slower than shifting a bool tensor (0.5 s vs 10 ms for 9 M voxels on two
+cores), and on CUDA both are memory-bound, so the shift form wins everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["dilate", "erode", "opening", "closing", "label", "fill_2d", "upsample"]
+
+
+def _dilate1(mask: torch.Tensor, dim: int) -> torch.Tensor:
+    n = mask.shape[dim]
+    if n < 2:
+        return mask
+    out = mask.clone()
+    out.narrow(dim, 1, n - 1).logical_or_(mask.narrow(dim, 0, n - 1))
+    out.narrow(dim, 0, n - 1).logical_or_(mask.narrow(dim, 1, n - 1))
+    return out
+
+
+def dilate(mask: torch.Tensor, radius: tuple[int, int, int]) -> torch.Tensor:
+    """Box dilation.
+
+    Parameters
+    ----------
+    mask : torch.Tensor
+        bool ``(Z, Y, X)``.
+    radius : tuple of int
+        Half-width of the box in voxels along ``(z, y, x)``; 0 leaves an axis alone.
+
+    Returns
+    -------
+    torch.Tensor
+        bool ``(Z, Y, X)``.
+    """
+    for dim, r in enumerate(radius):
+        for _ in range(int(r)):
+            mask = _dilate1(mask, dim)
+    return mask
+
+
+def erode(mask: torch.Tensor, radius: tuple[int, int, int]) -> torch.Tensor:
+    """Box erosion (the dual of :func:`dilate`; the volume border does not erode)."""
+    return ~dilate(~mask, radius)
+
+
+def opening(mask: torch.Tensor, radius: tuple[int, int, int]) -> torch.Tensor:
+    """Erosion then dilation: removes structures thinner than the box."""
+    return dilate(erode(mask, radius), radius)
+
+
+def closing(mask: torch.Tensor, radius: tuple[int, int, int]) -> torch.Tensor:
+    """Dilation then erosion: fills gaps and bays narrower than the box."""
+    return erode(dilate(mask, radius), radius)
+
+
+def label(mask: torch.Tensor, max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """6-connected components.
+
+    Union-find in tensor form (Shiloach-Vishkin style): every foreground voxel
+    starts as its own parent; each round hooks the parents across every
+    neighbouring pair to the smaller one, then pointer-jumps to the roots. It
+    converges in a few rounds (logarithmic in component size for typical
+    shapes), so it is far cheaper than plain label propagation, which needs as
+    many rounds as the longest path through a component.
+
+    Parameters
+    ----------
+    mask : torch.Tensor
+        bool ``(Z, Y, X)``.
+    max_iter : int
+        Safety cap on hooking rounds.
+
+    Returns
+    -------
+    labels : torch.Tensor
+        int64 ``(Z, Y, X)``: 0 background, ``1..n`` components (in order of
+        their first voxel in C order).
+    sizes : torch.Tensor
+        int64 ``(n + 1,)`` voxel counts; ``sizes[0]`` is the background count.
+    """
+    shape = mask.shape
+    device = mask.device
+    flat = mask.reshape(-1)
+    idx = torch.nonzero(flat).squeeze(1)
+    m = idx.numel()
+    out = torch.zeros(flat.numel(), dtype=torch.int64, device=device)
+    if m == 0:
+        return out.view(shape), torch.tensor([flat.numel()], dtype=torch.int64, device=device)
+    compact = torch.full((flat.numel(),), -1, dtype=torch.int64, device=device)
+    compact[idx] = torch.arange(m, device=device)
+    c3 = compact.view(shape)
+    us: list[torch.Tensor] = []
+    vs: list[torch.Tensor] = []
+    for dim in range(3):
+        n = shape[dim]
+        if n < 2:
+            continue
+        a = c3.narrow(dim, 0, n - 1)
+        b = c3.narrow(dim, 1, n - 1)
+        both = (a >= 0) & (b >= 0)
+        us.append(a[both])
+        vs.append(b[both])
+    parent = torch.arange(m, device=device)
+    if us:
+        u = torch.cat(us)
+        v = torch.cat(vs)
+        for _ in range(max_iter):
+            pu = parent[u]
+            pv = parent[v]
+            differ = pu != pv
+            if not bool(differ.any()):
+                break
+            pu, pv = pu[differ], pv[differ]
+            low = torch.minimum(pu, pv)
+            # Hook the root of the larger id under the smaller one; amin keeps
+            # parent[x] <= x, so no cycles can form.
+            parent.scatter_reduce_(0, pu, low, reduce="amin")
+            parent.scatter_reduce_(0, pv, low, reduce="amin")
+            while True:
+                jumped = parent[parent]
+                if torch.equal(jumped, parent):
+                    break
+                parent = jumped
+    roots, inverse = torch.unique(parent, return_inverse=True)
+    out[idx] = inverse + 1
+    sizes = torch.bincount(out, minlength=roots.numel() + 1)
+    return out.view(shape), sizes
+
+
+def fill_2d(mask: torch.Tensor) -> torch.Tensor:
+    """Fill, slice by slice, every pixel enclosed along both in-plane axes.
+
+    A pixel is set when the mask has a pixel on each of its four sides
+    (anterior, posterior, right, left) in its own row and column. This fills
+    holes and dense lesions inside a lung without running a 2-D connected
+    components pass, and it does not fill bays open toward the mediastinum.
+
+    Parameters
+    ----------
+    mask : torch.Tensor
+        bool ``(Z, Y, X)``.
+
+    Returns
+    -------
+    torch.Tensor
+        bool ``(Z, Y, X)``, a superset of ``mask``.
+    """
+    m = mask.to(torch.uint8)
+    enclosed = torch.ones_like(mask)
+    for dim in (1, 2):
+        before = torch.cummax(m, dim=dim).values.bool()
+        after = torch.cummax(m.flip(dim), dim=dim).values.flip(dim).bool()
+        enclosed &= before & after
+    return mask | enclosed
+
+
+def upsample(t: torch.Tensor, factors: tuple[int, int, int], shape: tuple[int, int, int]) -> torch.Tensor:
+    """Nearest-neighbour upsampling by integer factors, padded or cropped to ``shape``.
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        ``(z, y, x)`` tensor of any dtype.
+    factors : tuple of int
+        Repeat count per axis.
+    shape : tuple of int
+        Target ``(Z, Y, X)``; the remainder left by cropping before a
+        downsample is padded with zeros (it lies at the edge of the field of view).
+    """
+    for dim, f in enumerate(factors):
+        if f > 1:
+            t = torch.repeat_interleave(t, int(f), dim=dim)
+    pad: list[int] = []
+    for dim in (2, 1, 0):
+        pad += [0, max(0, shape[dim] - t.shape[dim])]
+    t = t[: shape[0], : shape[1], : shape[2]]
+    if any(pad):
+        if t.dtype == torch.bool:
+            t = torch.nn.functional.pad(t.to(torch.uint8), pad).bool()
+        else:
+            t = torch.nn.functional.pad(t, pad)
+    return t
