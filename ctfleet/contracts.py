@@ -57,6 +57,12 @@ class Reason:
     MULTIPLE_STUDIES = "multiple_studies"
     NO_USABLE_SERIES = "no_usable_series"
     UNKNOWN_FACILITY = "unknown_facility"
+    # Geometry and pixel checks while building the volume.
+    INCONSISTENT_SPACING = "inconsistent_spacing"  # slice gaps differ (a missing slice, mixed stacks)
+    DUPLICATE_SLICES = "duplicate_slices"  # two instances at the same position along the normal
+    INCONSISTENT_GEOMETRY = "inconsistent_geometry"  # orientation, size or pixel spacing differ
+    MISSING_GEOMETRY = "missing_geometry"  # position, orientation or pixel spacing absent
+    UNSUPPORTED_PIXEL_DATA = "unsupported_pixel_data"  # multi-frame, colour, undecodable syntax
     ANALYSIS_FAILED = "analysis_failed"
     TOO_MANY_ATTEMPTS = "too_many_attempts"
 
