@@ -1,0 +1,76 @@
+"""A local stand-in for the EC2 instance metadata service (IMDSv2), one per local worker.
+
+moto has no IMDS; the local stack runs one of these per worker so the worker's
+real IMDS client and spot watcher run unchanged, and tests can flip a spot
+interruption notice on.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class LocalImds:
+    def __init__(self, instance_id: str, instance_type: str) -> None:
+        self.instance_id = instance_id
+        self.instance_type = instance_type
+        self._action: str | None = None
+        self._tokens: set[str] = set()
+        imds = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def _send(self, status: int, body: str = "") -> None:
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_PUT(self) -> None:  # noqa: N802
+                if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+                    token = secrets.token_urlsafe(24)
+                    imds._tokens.add(token)
+                    self._send(200, token)
+                else:
+                    self._send(400)
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.headers.get("X-aws-ec2-metadata-token") not in imds._tokens:
+                    self._send(401)
+                    return
+                routes = {
+                    "/latest/meta-data/instance-id": imds.instance_id,
+                    "/latest/meta-data/instance-type": imds.instance_type,
+                    "/latest/meta-data/spot/instance-action": imds._action,
+                }
+                value = routes.get(self.path)
+                self._send(200, value) if value is not None else self._send(404)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"imds-{instance_id}", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "LocalImds":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def interrupt(self, in_seconds: float = 120.0) -> None:
+        """Post a spot interruption notice, as EC2 does two minutes before reclaiming."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + in_seconds))
+        self._action = json.dumps({"action": "terminate", "time": when})

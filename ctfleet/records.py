@@ -1,0 +1,192 @@
+"""Study and upload records in DynamoDB: every state change is a conditional write.
+
+The records hold no PHI: study keys are HMACs, reasons are codes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from .aws import Clients, error_code, is_transient
+from .contracts import Status
+from .errors import Transient
+
+_ser = TypeSerializer()
+_de = TypeDeserializer()
+
+
+def _to_dynamo(value: Any) -> Any:
+    """Python -> DynamoDB-safe values (floats become Decimals, tuples lists)."""
+    if isinstance(value, float):
+        return Decimal(repr(round(value, 6)))
+    if isinstance(value, dict):
+        return {str(k): _to_dynamo(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_dynamo(v) for v in value]
+    return value
+
+
+def _from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and "." not in str(value) else float(value)
+    if isinstance(value, dict):
+        return {k: _from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_dynamo(v) for v in value]
+    return value
+
+
+def serialize(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _ser.serialize(_to_dynamo(v)) for k, v in item.items() if v is not None}
+
+
+def deserialize(image: dict[str, Any]) -> dict[str, Any]:
+    return {k: _from_dynamo(_de.deserialize(v)) for k, v in image.items()}
+
+
+class ConditionFailed(Exception):
+    """A conditional write found the record in another state."""
+
+
+class Table:
+    """A thin adapter over one DynamoDB table with a string partition key."""
+
+    def __init__(self, clients: Clients, name: str, key: str) -> None:
+        self._db = clients.dynamodb
+        self.name = name
+        self.key = key
+
+    def get(self, key_value: str, *, consistent: bool = True) -> dict[str, Any] | None:
+        try:
+            out = self._db.get_item(TableName=self.name, Key={self.key: {"S": key_value}}, ConsistentRead=consistent)
+        except ClientError as exc:
+            raise Transient("dynamodb", error_code(exc)) from exc
+        item = out.get("Item")
+        return deserialize(item) if item else None
+
+    def put_new(self, item: dict[str, Any]) -> None:
+        """Create the item; ConditionFailed if it exists already."""
+        self._write(
+            lambda: self._db.put_item(
+                TableName=self.name,
+                Item=serialize(item),
+                ConditionExpression="attribute_not_exists(#k)",
+                ExpressionAttributeNames={"#k": self.key},
+            )
+        )
+
+    def put(self, item: dict[str, Any], *, condition: str | None = None,
+            names: dict[str, str] | None = None, values: dict[str, Any] | None = None) -> None:
+        kwargs: dict[str, Any] = {"TableName": self.name, "Item": serialize(item)}
+        if condition:
+            kwargs["ConditionExpression"] = condition
+        if names:
+            kwargs["ExpressionAttributeNames"] = names
+        if values:
+            kwargs["ExpressionAttributeValues"] = serialize(values)
+        self._write(lambda: self._db.put_item(**kwargs))
+
+    def update(
+        self,
+        key_value: str,
+        fields: dict[str, Any],
+        *,
+        condition: str | None = None,
+        values: dict[str, Any] | None = None,
+        add: dict[str, int] | None = None,
+        remove: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        """SET ``fields`` (and ADD ``add``) if ``condition`` holds; returns the new item.
+
+        In ``condition``, refer to attributes as ``#name`` and values as ``:name``.
+        """
+        names: dict[str, str] = {}
+        vals: dict[str, Any] = dict(values or {})
+        sets: list[str] = []
+        removes = list(remove) + [k for k, v in fields.items() if v is None]
+        for i, (k, v) in enumerate((k, v) for k, v in fields.items() if v is not None):
+            names[f"#f{i}"] = k
+            vals[f":f{i}"] = v
+            sets.append(f"#f{i} = :f{i}")
+        clauses = []
+        if sets:
+            clauses.append("SET " + ", ".join(sets))
+        if add:
+            parts = []
+            for i, (k, n) in enumerate(add.items()):
+                names[f"#a{i}"] = k
+                vals[f":a{i}"] = n
+                parts.append(f"#a{i} :a{i}")
+            clauses.append("ADD " + ", ".join(parts))
+        if removes:
+            for i, k in enumerate(removes):
+                names[f"#r{i}"] = k
+            clauses.append("REMOVE " + ", ".join(f"#r{i}" for i in range(len(removes))))
+        kwargs: dict[str, Any] = {
+            "TableName": self.name,
+            "Key": {self.key: {"S": key_value}},
+            "UpdateExpression": " ".join(clauses),
+            "ReturnValues": "ALL_NEW",
+        }
+        if condition:
+            # Attributes in the condition are written as #name and mean themselves.
+            names.update({f"#{token}": token for token in _names_in(condition)})
+            kwargs["ConditionExpression"] = condition
+        if names:
+            kwargs["ExpressionAttributeNames"] = names
+        if vals:
+            kwargs["ExpressionAttributeValues"] = serialize(vals)
+        out = self._write(lambda: self._db.update_item(**kwargs))
+        return deserialize(out.get("Attributes", {}))
+
+    def query_index(self, index: str, key_name: str, key_value: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        try:
+            out = self._db.query(
+                TableName=self.name,
+                IndexName=index,
+                KeyConditionExpression="#k = :v",
+                ExpressionAttributeNames={"#k": key_name},
+                ExpressionAttributeValues={":v": {"S": key_value}},
+                ScanIndexForward=False,
+                Limit=limit,
+            )
+        except ClientError as exc:
+            raise Transient("dynamodb", error_code(exc)) from exc
+        return [deserialize(i) for i in out.get("Items", [])]
+
+    def scan(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"TableName": self.name}
+        while True:
+            out = self._db.scan(**kwargs)
+            items.extend(deserialize(i) for i in out.get("Items", []))
+            if "LastEvaluatedKey" not in out:
+                return items
+            kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
+
+    def _write(self, call: Any) -> Any:
+        try:
+            return call()
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                raise ConditionFailed(self.name) from exc
+            if is_transient(exc):
+                raise Transient("dynamodb", error_code(exc)) from exc
+            raise
+
+
+def _names_in(expression: str) -> set[str]:
+    return set(re.findall(r"#([A-Za-z_][A-Za-z0-9_]*)", expression))
+
+
+def now() -> float:
+    return round(time.time(), 3)
+
+
+__all__ = ["Table", "ConditionFailed", "Status", "serialize", "deserialize", "now"]
