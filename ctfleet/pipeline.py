@@ -1,0 +1,52 @@
+"""One study from files on disk to a volume: what ``ctfleet analyze`` reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import BadInput
+
+
+def load_volume(path: Path):  # type: ignore[no-untyped-def]
+    """A :class:`model.volume.Volume` from a DICOM folder (searched recursively) or a NIfTI file.
+
+    For a folder, the best axial CT series is chosen (see :func:`ctfleet.dicom.choose_series`).
+
+    Raises
+    ------
+    BadInput
+        With a reason code when the input cannot give a CT volume.
+    """
+    from model.volume import Volume
+
+    if path.is_file() and path.name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+        import numpy as np
+
+        try:
+            img = nib.load(str(path))
+            data = np.asarray(img.dataobj, dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001 - nibabel raises many kinds
+            raise BadInput("not_nifti", f"cannot read {path.name} as NIfTI") from exc
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        if data.ndim != 3:
+            raise BadInput("bad_shape", f"expected a 3-D image, got {data.ndim} dimensions")
+        zooms = img.header.get_zooms()[:3]
+        # nibabel's array is (i, j, k) = (X, Y, Z); the model wants (Z, Y, X).
+        return Volume(hu=np.ascontiguousarray(data.transpose(2, 1, 0)),
+                      spacing_mm=(float(zooms[2]), float(zooms[1]), float(zooms[0])), affine=img.affine)
+    if not path.is_dir():
+        raise BadInput("no_input", f"{path} is neither a folder of DICOM files nor a .nii/.nii.gz file")
+    from . import dicom
+
+    datasets = []
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        try:
+            datasets.append(dicom.read_dataset(file.read_bytes(), name=file.name))
+        except BadInput:
+            continue  # DICOMDIR, notes, thumbnails: not images of the study
+    if not datasets:
+        raise BadInput("not_dicom", f"no readable DICOM image under {path}")
+    series = dicom.choose_series(dicom.group_series(datasets))
+    return dicom.volume_from_series(list(series.datasets))

@@ -1,0 +1,82 @@
+"""The uploader's side of the API, as a browser or the backfill CLI speaks it.
+
+create the upload -> POST each file to its presigned URL, straight to S3 -> complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from .errors import BadInput, Transient
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    upload_id: str
+    files: int
+    bytes: int
+
+
+class ApiClient:
+    def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.http = requests.Session()
+        self.timeout_s = timeout_s
+
+    def _json(self, resp: requests.Response) -> dict[str, Any]:
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            raise Transient("api", f"HTTP {resp.status_code} without JSON") from exc
+        if resp.status_code >= 500:
+            raise Transient(str(data.get("error", "api")), str(data.get("message", "")))
+        if resp.status_code >= 400:
+            raise BadInput(str(data.get("error", "bad_request")), str(data.get("message", "")))
+        return data  # type: ignore[no-any-return]
+
+    def upload(self, facility: str, files: list[tuple[str, bytes]], *, priority: str = "urgent") -> UploadResult:
+        """Send one study; returns once the API has accepted the completed upload."""
+        listing = [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in files]
+        created = self._json(self.http.post(f"{self.base}/uploads", json={
+            "facility": facility, "priority": priority, "files": listing}, timeout=self.timeout_s))
+        by_name = dict(files)
+        for target in created["files"]:
+            resp = self.http.post(target["url"], data=target["fields"],
+                                  files={"file": (target["name"].rsplit("/", 1)[-1], by_name[target["name"]])},
+                                  timeout=self.timeout_s)
+            if resp.status_code not in (200, 201, 204):
+                raise Transient("s3_upload", f"presigned POST answered HTTP {resp.status_code}")
+        self._json(self.http.post(f"{self.base}/uploads/{created['upload_id']}/complete", timeout=self.timeout_s))
+        return UploadResult(created["upload_id"], len(files), sum(len(b) for _, b in files))
+
+    def get_upload(self, upload_id: str) -> dict[str, Any]:
+        return self._json(self.http.get(f"{self.base}/uploads/{upload_id}", timeout=self.timeout_s))
+
+    def get_study(self, study_key: str) -> dict[str, Any]:
+        return self._json(self.http.get(f"{self.base}/studies/{study_key}", timeout=self.timeout_s))
+
+    def wait(self, upload_id: str, *, timeout_s: float, poll_s: float = 0.5) -> dict[str, Any]:
+        """Poll until the upload and, if accepted, its study reach a final state.
+
+        Returns ``{"upload": ..., "study": ... | None, "final": bool}``.
+        """
+        deadline = time.monotonic() + timeout_s
+        upload: dict[str, Any] = {}
+        study: dict[str, Any] | None = None
+        while True:  # at least one look, even with timeout_s=0
+            upload = self.get_upload(upload_id)
+            if upload["status"] in ("REJECTED", "FAILED"):
+                return {"upload": upload, "study": None, "final": True}
+            if upload["status"] == "ACCEPTED":
+                study = self.get_study(upload["study_key"])
+                if study["status"] in ("DONE", "REJECTED", "FAILED"):
+                    return {"upload": upload, "study": study, "final": True}
+            if time.monotonic() + poll_s > deadline:
+                break
+            time.sleep(poll_s)
+        return {"upload": upload, "study": study, "final": False}
