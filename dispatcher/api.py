@@ -148,8 +148,13 @@ def create_upload(api: Api, event: dict[str, Any]) -> dict[str, Any]:
     if priority not in ("urgent", "backfill"):
         raise BadInput("bad_request", "priority must be urgent or backfill")
     files = body.get("files")
-    if not isinstance(files, list) or not files:
-        raise BadInput(Reason.EMPTY_UPLOAD, "an upload needs at least one file")
+    if not isinstance(files, list):
+        raise BadInput("bad_request", "files must be a list of {name, size, sha256?}")
+    if not files:
+        # Still recorded: every upload attempt ends in a state with a reason code.
+        upload_id = _record_rejected(api, facility, priority, Reason.EMPTY_UPLOAD)
+        return response(400, {"error": Reason.EMPTY_UPLOAD, "message": "an upload needs at least one file",
+                              "upload_id": upload_id})
     if len(files) > MAX_FILES:
         raise BadInput("bad_request", f"at most {MAX_FILES} files per upload")
     promised: list[ManifestFile] = []
@@ -161,8 +166,8 @@ def create_upload(api: Api, event: dict[str, Any]) -> dict[str, Any]:
             raise BadInput("bad_request", "each file needs a name and a size") from exc
         if name.split("/", 1)[0] == ".ctfleet" or name in seen:
             raise BadInput("bad_request", "file names must be unique and not start with .ctfleet")
-        if not 0 < size <= MAX_FILE_BYTES:
-            raise BadInput("bad_request", "file sizes must be between 1 byte and 2 GiB")
+        if not 0 <= size <= MAX_FILE_BYTES:
+            raise BadInput("bad_request", "file sizes must be between 0 bytes and 2 GiB")
         sha = f.get("sha256")
         if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", str(sha)):
             raise BadInput("bad_request", "sha256 must be 64 lowercase hex characters")
@@ -202,6 +207,16 @@ def create_upload(api: Api, event: dict[str, Any]) -> dict[str, Any]:
         urls.append({"name": f.name, "url": post["url"], "fields": post["fields"]})
     log.info("upload created", extra={"upload_id": upload_id, "facility": facility, "files": len(promised)})
     return response(201, {"upload_id": upload_id, "files": urls, "complete_url": f"/uploads/{upload_id}/complete"})
+
+
+def _record_rejected(api: Api, facility: str, priority: str, reason: str) -> str:
+    upload_id = new_upload_id()
+    t = now()
+    api.uploads.put_new({"upload_id": upload_id, "facility": facility, "priority": priority,
+                         "status": UploadStatus.REJECTED, "reason": reason, "files": 0, "bytes": 0,
+                         "created_at": _iso(t), "received_at": t, "ingested_at": t})
+    log.info("upload rejected", extra={"upload_id": upload_id, "reason": reason})
+    return upload_id
 
 
 def complete_upload(api: Api, event: dict[str, Any], upload_id: str) -> dict[str, Any]:

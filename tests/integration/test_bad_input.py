@@ -37,10 +37,11 @@ def test_bad_uploads_are_rejected_with_a_reason(api, stack, files, reason):
     assert listing.get("KeyCount", 0) == 0, "rejected raw uploads are deleted too"
 
 
-def test_an_upload_with_no_files_is_refused_with_a_reason(api):
-    with pytest.raises(BadInput) as err:
-        api.upload("demo", [])
-    assert err.value.reason == "empty_upload"
+def test_an_upload_with_no_files_is_refused_and_recorded(api):
+    resp = api.http.post(f"{api.base}/uploads", json={"facility": "demo", "files": []})
+    assert resp.status_code == 400 and resp.json()["error"] == "empty_upload"
+    record = api.get_upload(resp.json()["upload_id"])
+    assert record["status"] == "REJECTED" and record["reason"] == "empty_upload"
 
 
 def test_unknown_facility_is_refused(api):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 
@@ -60,7 +61,7 @@ def test_results_are_in_s3_and_readable(stack, finished):
         report = json.loads(get("report.json"))
         assert REPORT_KEYS <= set(report)
         assert report["triage_level"] == record["triage_level"]
-        img = nib.Nifti1Image.from_bytes(get("labels.nii.gz"))
+        img = nib.Nifti1Image.from_bytes(gzip.decompress(get("labels.nii.gz")))
         z, y, x = report["shape"]
         assert img.shape == (x, y, z) and img.get_data_dtype() == np.uint8
         labels = np.asarray(img.dataobj)
