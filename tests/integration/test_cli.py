@@ -1,0 +1,118 @@
+"""The console script as a user runs it: subprocesses, exit codes, last-line JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from ctfleet import dicom
+
+pytestmark = pytest.mark.integration
+
+REPORT_KEYS = {"model_version", "shape", "spacing_mm", "lung_volume_ml", "lesion_volume_ml", "involvement_pct",
+               "severity_score", "score", "triage_level", "timings_s"}
+ZONES = {"right_upper", "right_middle", "right_lower", "left_upper", "left_middle", "left_lower"}
+
+
+def ctfleet(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CTFLEET_", "AWS_ENDPOINT_URL"))}
+    return subprocess.run([sys.executable, "-m", "ctfleet", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def analyzed(real_ct_dir: Path, tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("analyze") / "ct00"
+    proc = ctfleet("analyze", str(real_ct_dir), "--out", str(out), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, json.loads(proc.stdout.strip().splitlines()[-1]), proc
+
+
+def test_analyze_real_ct_writes_labels_report_and_overlays(analyzed):
+    out, report, _ = analyzed
+    assert REPORT_KEYS <= set(report)
+    assert set(report["involvement_pct"]["zones"]) == ZONES
+    assert report["shape"] == [141, 512, 512]
+    assert report["triage_level"] in ("LOW", "MEDIUM", "HIGH") and 0 <= report["severity_score"] <= 24
+    assert json.loads((out / "report.json").read_text())["score"] == report["score"]
+    pngs = sorted((out / "overlay").glob("*.png"))
+    assert len(pngs) >= 2
+    for png in pngs:
+        assert Image.open(png).mode == "RGB"
+
+
+def test_real_ct_lungs_are_plausible(analyzed):
+    _, report, _ = analyzed
+    lungs = report["lung_volume_ml"]
+    assert 3000 <= lungs["total"] <= 8000
+    assert 0.7 <= lungs["left"] / lungs["right"] <= 1.1
+
+
+def test_labels_open_in_nibabel_on_the_dicom_grid(analyzed, real_ct_dir):
+    out, _, _ = analyzed
+    img = nib.load(str(out / "labels.nii.gz"))
+    assert img.shape == (512, 512, 141) and img.get_data_dtype() == np.uint8
+    labels = np.asarray(img.dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2, 3} and (labels == 1).sum() > 0
+    # Every voxel centre maps to the same RAS point as the DICOM geometry says (LPS -> RAS).
+    datasets = [dicom.read_dataset(p.read_bytes()) for p in sorted(real_ct_dir.glob("*.dcm"))]
+    series = dicom.choose_series(dicom.group_series(datasets))
+    first = series.datasets[0]
+    lps = np.array([float(v) for v in first.ImagePositionPatient])
+    np.testing.assert_allclose(img.affine[:3, 3], lps * [-1, -1, 1], atol=1e-3)
+    dx, dy = float(first.PixelSpacing[1]), float(first.PixelSpacing[0])  # columns, rows
+    np.testing.assert_allclose(np.abs(np.diag(img.affine)[:3]), [dx, dy, 2.0], atol=1e-3)
+
+
+def test_labels_only_inside_the_body(analyzed, real_ct_dir):
+    out, _, _ = analyzed
+    labels = np.asarray(nib.load(str(out / "labels.nii.gz")).dataobj).transpose(2, 1, 0)
+    volume = dicom.volume_from_series(list(dicom.choose_series(dicom.group_series(
+        [dicom.read_dataset(p.read_bytes()) for p in sorted(real_ct_dir.glob("*.dcm"))])).datasets))
+    # Lung is air: labelled voxels may be dark, but none may be outside air beyond the body's edge
+    # (the first and last 5 columns are outside every patient on this 50 cm field of view).
+    assert labels[:, :, :5].max() == 0 and labels[:, :, -5:].max() == 0
+    assert volume.hu[labels > 0].mean() < -300  # lungs and lesions, not soft tissue or bone
+
+
+def _folder_without_dicom(tmp: Path) -> Path:
+    (tmp / "notes").mkdir()
+    (tmp / "notes" / "a.txt").write_text("not an image")
+    return tmp / "notes"
+
+
+@pytest.mark.parametrize(
+    ("make_input", "reason"),
+    [(lambda tmp: tmp / "missing", "no_input"), (_folder_without_dicom, "not_dicom")],
+    ids=["missing", "no-dicom"],
+)
+def test_analyze_bad_input_exits_2_with_a_reason(tmp_path, make_input, reason):
+    proc = ctfleet("analyze", str(make_input(tmp_path)), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {reason}:")
+    assert not (tmp_path / "out").exists(), "a failed command leaves no partial output"
+
+
+def test_analyze_refuses_to_overwrite_results(tmp_path, real_ct_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    proc = ctfleet("analyze", str(real_ct_dir), "--out", str(out))
+    assert proc.returncode == 2 and "output_exists" in proc.stderr
+    assert (out / "keep.txt").read_text() == "x"
+
+
+def test_demo_command_runs_upload_to_alert(tmp_path):
+    proc = ctfleet("demo", "--timeout", "300", timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary == {**summary, "studies": 2, "done": 2, "rejected": 0, "failed": 0, "alerts": 1, "lost": 0}
+    assert "phantom-high: DONE" in proc.stderr and "triage=HIGH ok" in proc.stderr
