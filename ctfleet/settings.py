@@ -31,6 +31,8 @@ class Env:
     IMDS_ENDPOINT = "CTFLEET_IMDS_ENDPOINT"
     LOG_LEVEL = "CTFLEET_LOG_LEVEL"
     API_URL = "CTFLEET_API_URL"
+    JOB_VISIBILITY_S = "CTFLEET_JOB_VISIBILITY_S"
+    HEARTBEAT_S = "CTFLEET_HEARTBEAT_S"
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,11 @@ class Settings:
     log_level: str = "INFO"
     api_url: str | None = None
 
-    # Seconds between visibility extensions; must stay well under the job
-    # queues' visibility timeout (checked in ``worker`` at start).
+    # How long a received job stays invisible without a heartbeat: the time a
+    # crashed worker's job waits before another worker gets it.
+    job_visibility_s: int = 120
+    # Seconds between visibility extensions; at most half the visibility
+    # timeout (checked when the worker starts a job).
     heartbeat_s: int = 30
     # How long a presigned upload URL stays valid, and how long an upload may
     # stay incomplete before it expires.
@@ -121,6 +126,8 @@ class Settings:
             imds_endpoint=env.get(Env.IMDS_ENDPOINT, base.imds_endpoint),
             log_level=env.get(Env.LOG_LEVEL, base.log_level),
             api_url=env.get(Env.API_URL) or None,
+            job_visibility_s=int(env.get(Env.JOB_VISIBILITY_S, base.job_visibility_s)),
+            heartbeat_s=int(env.get(Env.HEARTBEAT_S, base.heartbeat_s)),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -140,6 +147,8 @@ class Settings:
             Env.GPU_PRICE_PER_HOUR: repr(self.gpu_price_per_hour),
             Env.IMDS_ENDPOINT: self.imds_endpoint,
             Env.LOG_LEVEL: self.log_level,
+            Env.JOB_VISIBILITY_S: str(self.job_visibility_s),
+            Env.HEARTBEAT_S: str(self.heartbeat_s),
         }
         if self.endpoint_url:
             env[Env.ENDPOINT] = self.endpoint_url
@@ -179,11 +188,13 @@ class Settings:
 
     @property
     def urgent_queue(self) -> QueueSpec:
-        return QueueSpec(f"{self.stack}-urgent", visibility_timeout_s=120, long_poll_s=20, max_receive_count=3)
+        return QueueSpec(f"{self.stack}-urgent", visibility_timeout_s=self.job_visibility_s, long_poll_s=20,
+                         max_receive_count=3)
 
     @property
     def backfill_queue(self) -> QueueSpec:
-        return QueueSpec(f"{self.stack}-backfill", visibility_timeout_s=120, long_poll_s=20, max_receive_count=3)
+        return QueueSpec(f"{self.stack}-backfill", visibility_timeout_s=self.job_visibility_s, long_poll_s=20,
+                         max_receive_count=3)
 
     @property
     def queues(self) -> tuple[QueueSpec, QueueSpec, QueueSpec]:

@@ -32,7 +32,7 @@ from .heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 
-SPOT_POLL_S = 2.0
+SPOT_POLL_S = 1.0  # EC2 posts the notice two minutes ahead; polling is cheap
 IDLE_WAIT_S = 5  # long-poll wait on the urgent queue when both queues are empty
 _POOL = 8
 
