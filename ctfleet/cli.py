@@ -116,19 +116,25 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_local_up(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
     from .local import LocalStack
 
+    stop = threading.Event()
+    # Ctrl-C and SIGTERM both stop everything cleanly, even where SIGINT arrives
+    # ignored (a background job of a non-interactive shell).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     stack = LocalStack(settings, workers=args.workers, api_port=args.port).start()
     try:
         print(f"local: stack up with {args.workers} worker(s); Ctrl-C stops it", file=sys.stderr)
         print(json.dumps(stack.urls()), flush=True)
-        while True:
-            time.sleep(1)
+        while not stop.wait(1.0):
             for i, proc in enumerate(stack.workers):
                 if proc.poll() is not None:
                     print(f"local: worker {i} exited ({proc.returncode}); starting a new one", file=sys.stderr)
                     stack.start_worker(i)
-    except KeyboardInterrupt:
         print("local: stopping", file=sys.stderr)
     finally:
         stack.stop()

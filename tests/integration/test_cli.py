@@ -116,3 +116,24 @@ def test_demo_command_runs_upload_to_alert(tmp_path):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary == {**summary, "studies": 2, "done": 2, "rejected": 0, "failed": 0, "alerts": 1, "lost": 0}
     assert "phantom-high: DONE" in proc.stderr and "triage=HIGH ok" in proc.stderr
+
+
+def test_local_up_serves_the_page_and_stops_cleanly_on_sigterm():
+    import signal
+    import urllib.request
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CTFLEET_", "AWS_ENDPOINT_URL"))}
+    proc = subprocess.Popen([sys.executable, "-m", "ctfleet", "local", "up", "--port", "0", "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        urls = json.loads(proc.stdout.readline())
+        with urllib.request.urlopen(urls["web"], timeout=10) as resp:
+            assert resp.status == 200 and b"ctfleet" in resp.read()
+        with urllib.request.urlopen(urls["api"] + "/studies?facility=demo", timeout=10) as resp:
+            assert json.loads(resp.read()) == {"studies": []}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert "local: stopping" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
