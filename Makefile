@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: setup browser demo test test-unit test-integration lock clean
+.PHONY: setup browser lint demo test test-unit test-integration lock clean
 
 setup: $(STAMP)
 
@@ -28,7 +28,11 @@ browser:
 demo: setup
 	$(BIN)/ctfleet demo
 
-test: setup browser
+# Type checks of ctfleet/, model/, worker/ and dispatcher/ (settings in pyproject.toml).
+lint: setup
+	$(BIN)/python -m mypy
+
+test: setup browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: setup

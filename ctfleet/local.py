@@ -196,8 +196,7 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.server_port}"
 
     def start(self) -> "ApiServer":
         self._thread.start()
@@ -345,7 +344,7 @@ class LocalStack:
 
     def drain_alerts(self, wait_s: int = 1) -> list[dict[str, Any]]:
         """Alerts delivered to the local inbox since the last call."""
-        out = []
+        out: list[dict[str, Any]] = []
         while True:
             got = self.clients.sqs.receive_message(QueueUrl=self.alert_inbox_url, MaxNumberOfMessages=10,
                                                    WaitTimeSeconds=wait_s)

@@ -278,7 +278,7 @@ def chest_phantom(
             continue
         hilum = np.array([0.55 * g.z_len, g.lung_cy - 0.05 * g.lung_ry, g.lung_cx[side] + (0.7 if side == "right" else -0.7) * g.lung_rx[side]])
         for _ in range(10):
-            target = np.array(
+            target: np.ndarray = np.array(
                 lung_point_mm(side, (rng.uniform(0.05, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.5, 1.0)), shape, spacing)  # type: ignore[arg-type]
             )
             radius = rng.uniform(1.2, 2.0)

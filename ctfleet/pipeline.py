@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import BadInput
 
+if TYPE_CHECKING:
+    from model.volume import Volume
 
-def load_volume(path: Path):  # type: ignore[no-untyped-def]
+
+def load_volume(path: Path) -> "Volume":
     """A :class:`model.volume.Volume` from a DICOM folder (searched recursively) or a NIfTI file.
 
     For a folder, the best axial CT series is chosen (see :func:`ctfleet.dicom.choose_series`).
@@ -25,6 +29,8 @@ def load_volume(path: Path):  # type: ignore[no-untyped-def]
 
         try:
             img = nib.load(str(path))
+            if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+                raise TypeError(type(img).__name__)
             data = np.asarray(img.dataobj, dtype=np.float32)
         except Exception as exc:  # noqa: BLE001 - nibabel raises many kinds
             raise BadInput("not_nifti", f"cannot read {path.name} as NIfTI") from exc

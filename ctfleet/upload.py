@@ -37,11 +37,11 @@ class ApiClient:
             raise Transient(str(data.get("error", "api")), str(data.get("message", "")))
         if resp.status_code >= 400:
             raise BadInput(str(data.get("error", "bad_request")), str(data.get("message", "")))
-        return data  # type: ignore[no-any-return]
+        return data
 
     def upload(self, facility: str, files: list[tuple[str, bytes]], *, priority: str = "urgent") -> UploadResult:
         """Send one study; returns once the API has accepted the completed upload."""
-        listing = [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in files]
+        listing: list[dict[str, Any]] = [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in files]
         created = self._json(self.http.post(f"{self.base}/uploads", json={
             "facility": facility, "priority": priority, "files": listing}, timeout=self.timeout_s))
         by_name = dict(files)

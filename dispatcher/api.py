@@ -39,6 +39,7 @@ from ctfleet.contracts import (
 )
 from ctfleet.errors import BadInput
 from ctfleet.records import ConditionFailed, Table, now
+from ctfleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Api:
     clients: Clients
 
     @property
-    def settings(self):  # type: ignore[no-untyped-def]
+    def settings(self) -> Settings:
         return self.clients.settings
 
     @property
@@ -106,7 +107,7 @@ def handle(event: dict[str, Any], api: Api) -> dict[str, Any]:
         match = pattern.match(path)
         if match and route_method == method:
             try:
-                return globals()[name](api, event, **match.groupdict())  # type: ignore[no-any-return]
+                return globals()[name](api, event, **match.groupdict())
             except BadInput as exc:
                 return error(400, exc.reason, exc.detail)
     return error(404, "not_found", f"no route for {method} {path}")

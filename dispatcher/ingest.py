@@ -217,12 +217,12 @@ def _ingest(deps: Ingest, facility: str, upload_id: str) -> str:
         "download": t_download - t0, "read": t_read - t_download, "deidentify": t_deid - t_read,
         "write": t_write - t_deid,
     }
-    job = _record_study(deps, job, upload_id, timings, skipped=sum(skipped.values()), series_found=len(found))
-    if job is not None:
+    to_send = _record_study(deps, job, upload_id, timings, skipped=sum(skipped.values()), series_found=len(found))
+    if to_send is not None:
         deps.clients.sqs.send_message(
-            QueueUrl=deps.clients.queue_url(s.job_queue(job.priority).name),
-            MessageBody=job.to_json(),
-            MessageAttributes={"priority": {"DataType": "String", "StringValue": job.priority}},
+            QueueUrl=deps.clients.queue_url(s.job_queue(to_send.priority).name),
+            MessageBody=to_send.to_json(),
+            MessageAttributes={"priority": {"DataType": "String", "StringValue": to_send.priority}},
         )
     _finish(deps, upload_id, UploadStatus.ACCEPTED, study_key=key)
     _delete_raw(deps, facility, upload_id)
