@@ -181,6 +181,18 @@ class Table:
             raise
 
 
+def studies_table(clients: Clients) -> Table:
+    """The studies table (one item per study key) of these clients' stack."""
+    spec = clients.settings.studies_table
+    return Table(clients, spec.name, spec.partition_key)
+
+
+def uploads_table(clients: Clients) -> Table:
+    """The uploads table (one item per upload) of these clients' stack."""
+    spec = clients.settings.uploads_table
+    return Table(clients, spec.name, spec.partition_key)
+
+
 def _names_in(expression: str) -> set[str]:
     return set(re.findall(r"#([A-Za-z_][A-Za-z0-9_]*)", expression))
 
@@ -189,4 +201,4 @@ def now() -> float:
     return round(time.time(), 3)
 
 
-__all__ = ["Table", "ConditionFailed", "Status", "serialize", "deserialize", "now"]
+__all__ = ["Table", "ConditionFailed", "Status", "serialize", "deserialize", "now", "studies_table", "uploads_table"]

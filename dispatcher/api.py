@@ -38,7 +38,7 @@ from ctfleet.contracts import (
     raw_prefix,
 )
 from ctfleet.errors import BadInput
-from ctfleet.records import ConditionFailed, Table, now
+from ctfleet.records import ConditionFailed, Table, now, studies_table, uploads_table
 from ctfleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,13 +68,11 @@ class Api:
 
     @property
     def uploads(self) -> Table:
-        spec = self.settings.uploads_table
-        return Table(self.clients, spec.name, spec.partition_key)
+        return uploads_table(self.clients)
 
     @property
     def studies(self) -> Table:
-        spec = self.settings.studies_table
-        return Table(self.clients, spec.name, spec.partition_key)
+        return studies_table(self.clients)
 
 
 def response(status: int, body: Any) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from ctfleet.contracts import (
 )
 from ctfleet.deid import deidentify
 from ctfleet.errors import BadInput
-from ctfleet.records import ConditionFailed, Table, now
+from ctfleet.records import ConditionFailed, Table, now, studies_table, uploads_table
 from ctfleet.settings import Settings
 
 from .api import PROMISED, UploadStatus, _iso
@@ -64,13 +64,11 @@ class Ingest:
 
     @property
     def uploads(self) -> Table:
-        spec = self.settings.uploads_table
-        return Table(self.clients, spec.name, spec.partition_key)
+        return uploads_table(self.clients)
 
     @property
     def studies(self) -> Table:
-        spec = self.settings.studies_table
-        return Table(self.clients, spec.name, spec.partition_key)
+        return studies_table(self.clients)
 
 
 def handle(event: dict[str, Any], deps: Ingest) -> dict[str, Any]:

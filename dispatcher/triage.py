@@ -19,7 +19,7 @@ from typing import Any
 
 from ctfleet.aws import Clients
 from ctfleet.contracts import Status
-from ctfleet.records import ConditionFailed, Table, deserialize, now
+from ctfleet.records import ConditionFailed, Table, deserialize, now, studies_table
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,7 @@ class Triage:
 
     @property
     def studies(self) -> Table:
-        spec = self.clients.settings.studies_table
-        return Table(self.clients, spec.name, spec.partition_key)
+        return studies_table(self.clients)
 
 
 def handle(event: dict[str, Any], deps: Triage) -> dict[str, Any]:

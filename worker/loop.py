@@ -25,7 +25,7 @@ from ctfleet.aws import Clients
 from ctfleet.contracts import JobMessage, Reason, Status, results_prefix
 from ctfleet.errors import BadInput, Interrupted
 from ctfleet.imds import Imds
-from ctfleet.records import ConditionFailed, Table, now
+from ctfleet.records import ConditionFailed, Table, now, studies_table
 from ctfleet.settings import Settings
 
 from .heartbeat import Heartbeat
@@ -63,8 +63,7 @@ class Worker:
 
     @property
     def studies(self) -> Table:
-        spec = self.settings.studies_table
-        return Table(self.clients, spec.name, spec.partition_key)
+        return studies_table(self.clients)
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -118,7 +117,7 @@ class Worker:
             log.error("dropping a malformed job message", extra={"reason": exc.reason})
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=receipt)
             return None
-        spec = self.settings.urgent_queue if job.priority == "urgent" else self.settings.backfill_queue
+        spec = self.settings.job_queue(job.priority)
         heartbeat = Heartbeat(sqs, queue_url, receipt, interval_s=self.settings.heartbeat_s,
                               visibility_s=spec.visibility_timeout_s)
         self._current = heartbeat
