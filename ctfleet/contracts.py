@@ -50,7 +50,8 @@ class Reason:
 
     EMPTY_UPLOAD = "empty_upload"
     MANIFEST_INVALID = "manifest_invalid"
-    UPLOAD_INCOMPLETE = "upload_incomplete"
+    UPLOAD_INCOMPLETE = "upload_incomplete"  # never completed, or files missing at completion
+    CHECKSUM_MISMATCH = "checksum_mismatch"  # a file's sha256 differs from the manifest
     NOT_DICOM = "not_dicom"
     NO_PIXEL_DATA = "no_pixel_data"
     NOT_CT = "not_ct"
@@ -188,7 +189,7 @@ class JobMessage:
 class ManifestFile:
     name: str
     size: int
-    sha256: str | None = None
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ class Manifest:
         try:
             data = json.loads(body)
             files = tuple(
-                ManifestFile(name=str(f["name"]), size=int(f["size"]), sha256=f.get("sha256")) for f in data["files"]
+                ManifestFile(name=str(f["name"]), size=int(f["size"]), sha256=str(f["sha256"])) for f in data["files"]
             )
             manifest = cls(
                 upload_id=check_upload_id(data["upload_id"]),
@@ -235,7 +236,14 @@ class Manifest:
             raise BadInput(Reason.MANIFEST_INVALID, "priority must be urgent or backfill")
         for f in manifest.files:
             check_file_name(f.name)
+            check_sha256(f.sha256)
         return manifest
+
+
+def check_sha256(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise BadInput(Reason.MANIFEST_INVALID, "sha256 must be 64 lowercase hex characters")
+    return value
 
 
 def check_file_name(name: str) -> str:

@@ -132,6 +132,21 @@ class StreamPoller:
         log.error("stream records dropped after retries", extra={"count": len(pending)})
 
 
+class Every:
+    """Calls ``action`` every ``interval_s`` seconds: the local stand-in for a scheduled Lambda."""
+
+    def __init__(self, interval_s: float, action: Callable[[], Any], stop: threading.Event, *, name: str) -> None:
+        self._interval, self._action, self._stop = interval_s, action, stop
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._action()
+            except Exception:  # noqa: BLE001 - the next tick retries
+                log.exception("scheduled task failed", extra={"task": self.thread.name})
+
+
 class ApiServer:
     """HTTP front door: ``/api/*`` -> ``dispatcher.api.handle`` (API Gateway v2 events); the rest -> ``web/``."""
 
@@ -221,11 +236,12 @@ class LocalStack:
     """
 
     def __init__(self, settings: Settings, *, workers: int = 1, api_port: int = 0,
-                 worker_log: Path | None = None) -> None:
+                 worker_log: Path | None = None, sweep_interval_s: float = 60.0) -> None:
         self.base_settings = settings
         self.n_workers = workers
         self.api_port = api_port
         self.worker_log = worker_log
+        self.sweep_interval_s = sweep_interval_s
         self.stop_event = threading.Event()
         self.workers: list[subprocess.Popen[bytes]] = []
         self.imds: list[LocalImds] = []
@@ -254,7 +270,7 @@ class LocalStack:
                                    web_origins=(str(self.settings.api_url),))
         self.alert_inbox_url = self._subscribe_inbox()
 
-        from dispatcher import api, ingest, triage
+        from dispatcher import api, ingest, sweeper, triage
 
         ingest_deps = ingest.Ingest(self.clients)
         triage_deps = triage.Triage(self.clients)
@@ -266,6 +282,9 @@ class LocalStack:
             StreamPoller(self.clients, self.resources["stream_arn"], lambda e: triage.handle(e, triage_deps),
                          self.stop_event).thread,
         ]
+        sweeper_deps = sweeper.Sweeper(self.clients)
+        pollers.append(Every(self.sweep_interval_s, lambda: sweeper.handle({}, sweeper_deps), self.stop_event,
+                             name="sweeper").thread)
         for t in pollers:
             t.start()
         self._pollers = pollers

@@ -145,20 +145,34 @@ class Table:
         out = self._write(lambda: self._db.update_item(**kwargs))
         return deserialize(out.get("Attributes", {}))
 
-    def query_index(self, index: str, key_name: str, key_value: str, *, limit: int = 100) -> list[dict[str, Any]]:
+    def query_index(self, index: str, key_name: str, key_value: str, *, limit: int = 100,
+                    sort_key: str | None = None, sort_before: str | None = None) -> list[dict[str, Any]]:
+        """Items whose index key equals ``key_value``, newest first, at most ``limit``.
+
+        With ``sort_key`` and ``sort_before``, only items whose sort key is below that value.
+        """
+        condition = "#k = :v"
+        names = {"#k": key_name}
+        values = {":v": {"S": key_value}}
+        if sort_key and sort_before is not None:
+            condition += " AND #s < :s"
+            names["#s"] = sort_key
+            values[":s"] = {"S": sort_before}
+        kwargs: dict[str, Any] = {
+            "TableName": self.name, "IndexName": index, "KeyConditionExpression": condition,
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values, "ScanIndexForward": False,
+        }
+        items: list[dict[str, Any]] = []
         try:
-            out = self._db.query(
-                TableName=self.name,
-                IndexName=index,
-                KeyConditionExpression="#k = :v",
-                ExpressionAttributeNames={"#k": key_name},
-                ExpressionAttributeValues={":v": {"S": key_value}},
-                ScanIndexForward=False,
-                Limit=limit,
-            )
+            while len(items) < limit:
+                out = self._db.query(**kwargs, Limit=limit - len(items))
+                items.extend(deserialize(i) for i in out.get("Items", []))
+                if "LastEvaluatedKey" not in out:
+                    break
+                kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
         except ClientError as exc:
             raise Transient("dynamodb", error_code(exc)) from exc
-        return [deserialize(i) for i in out.get("Items", [])]
+        return items
 
     def scan(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []

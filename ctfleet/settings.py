@@ -33,6 +33,7 @@ class Env:
     API_URL = "CTFLEET_API_URL"
     JOB_VISIBILITY_S = "CTFLEET_JOB_VISIBILITY_S"
     HEARTBEAT_S = "CTFLEET_HEARTBEAT_S"
+    UPLOAD_EXPIRY_S = "CTFLEET_UPLOAD_EXPIRY_S"
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class Settings:
             api_url=env.get(Env.API_URL) or None,
             job_visibility_s=int(env.get(Env.JOB_VISIBILITY_S, base.job_visibility_s)),
             heartbeat_s=int(env.get(Env.HEARTBEAT_S, base.heartbeat_s)),
+            upload_expiry_s=int(env.get(Env.UPLOAD_EXPIRY_S, base.upload_expiry_s)),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -149,6 +151,7 @@ class Settings:
             Env.LOG_LEVEL: self.log_level,
             Env.JOB_VISIBILITY_S: str(self.job_visibility_s),
             Env.HEARTBEAT_S: str(self.heartbeat_s),
+            Env.UPLOAD_EXPIRY_S: str(self.upload_expiry_s),
         }
         if self.endpoint_url:
             env[Env.ENDPOINT] = self.endpoint_url
@@ -224,7 +227,8 @@ class Settings:
         return TableSpec(
             name=f"{self.stack}-uploads",
             partition_key="upload_id",
-            indexes=(IndexSpec("by_facility", "facility", "created_at"),),
+            # by_status finds uploads that never completed, for the expiry sweep.
+            indexes=(IndexSpec("by_facility", "facility", "created_at"), IndexSpec("by_status", "status", "created_at")),
             ttl_attribute="expires_at",
         )
 

@@ -72,7 +72,7 @@ class ApiClient:
             upload = self.get_upload(upload_id)
             if upload["status"] in ("REJECTED", "FAILED"):
                 return {"upload": upload, "study": None, "final": True}
-            if upload["status"] == "ACCEPTED":
+            if upload["status"] == "QUEUED":
                 study = self.get_study(upload["study_key"])
                 if study["status"] in ("DONE", "REJECTED", "FAILED"):
                     return {"upload": upload, "study": study, "final": True}

@@ -2,7 +2,7 @@
 
 Routes
 ------
-POST /uploads                      {facility, priority?, files: [{name, size, sha256?}]}
+POST /uploads                      {facility, priority?, files: [{name, size, sha256}]}
                                    -> 201 {upload_id, files: [{name, url, fields}], complete_url}
 POST /uploads/{upload_id}/complete -> 202 once every promised file is in S3 (409 otherwise)
 GET  /uploads/{upload_id}          -> the upload record (status, reason, study_key)
@@ -32,6 +32,7 @@ from ctfleet.contracts import (
     Status,
     check_facility,
     check_file_name,
+    check_sha256,
     check_upload_id,
     new_upload_id,
     raw_key,
@@ -52,10 +53,10 @@ RESULT_URL_TTL_S = 900
 class UploadStatus:
     RECEIVED = "RECEIVED"  # created, files may be arriving
     COMPLETE = "COMPLETE"  # every promised file is present; manifest written
-    ACCEPTED = "ACCEPTED"  # ingest made a study of it
+    QUEUED = "QUEUED"  # ingest made (or found) a study of it and queued its job
     REJECTED = "REJECTED"
     FAILED = "FAILED"
-    FINAL = frozenset({ACCEPTED, REJECTED, FAILED})
+    FINAL = frozenset({QUEUED, REJECTED, FAILED})
 
 
 @dataclass
@@ -167,9 +168,7 @@ def create_upload(api: Api, event: dict[str, Any]) -> dict[str, Any]:
             raise BadInput("bad_request", "file names must be unique and not start with .ctfleet")
         if not 0 <= size <= MAX_FILE_BYTES:
             raise BadInput("bad_request", "file sizes must be between 0 bytes and 2 GiB")
-        sha = f.get("sha256")
-        if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", str(sha)):
-            raise BadInput("bad_request", "sha256 must be 64 lowercase hex characters")
+        sha = check_sha256(f.get("sha256"))
         seen.add(name)
         promised.append(ManifestFile(name=name, size=size, sha256=sha))
 

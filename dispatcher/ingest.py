@@ -7,7 +7,7 @@ identified DICOM. Order of effects, so a crash at any point is safe to retry:
 1. de-identified objects to ``studies/`` (deterministic keys, overwritten in place)
 2. study record QUEUED (conditional: one study per StudyInstanceUID and facility)
 3. job message to the urgent or backfill queue
-4. upload record ACCEPTED
+4. upload record QUEUED (its study was queued, or is a duplicate of one)
 5. raw objects deleted (PHI leaves as soon as it is no longer needed)
 
 A redelivered event finds the study record and re-sends the same job (same
@@ -16,6 +16,7 @@ A redelivered event finds the study record and re-sends the same job (same
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -127,7 +128,7 @@ def ingest_upload(deps: Ingest, bucket: str, key: str, *, receive_count: int = 1
         return "IGNORED"
     record = deps.uploads.get(upload_id)
     if record is not None and record.get("status") in UploadStatus.FINAL:
-        _delete_raw(deps, facility, upload_id)
+        delete_raw(deps.clients, facility, upload_id)
         return str(record["status"])
     started = time.perf_counter()
     try:
@@ -135,7 +136,7 @@ def ingest_upload(deps: Ingest, bucket: str, key: str, *, receive_count: int = 1
     except BadInput as exc:
         _finish(deps, upload_id, UploadStatus.REJECTED, reason=exc.reason)
         log.info("upload rejected", extra={"upload_id": upload_id, "reason": exc.reason, "detail": exc.detail})
-        _delete_raw(deps, facility, upload_id)
+        delete_raw(deps.clients, facility, upload_id)
         return UploadStatus.REJECTED
     except Exception:
         if receive_count >= s.ingest_queue.max_receive_count:
@@ -172,6 +173,9 @@ def _ingest(deps: Ingest, facility: str, upload_id: str) -> str:
             lambda f: s3.get_object(Bucket=s.raw_bucket, Key=prefix + f.name)["Body"].read(), manifest.files
         ))
     t_download = time.perf_counter()
+    corrupt = sum(1 for f, blob in zip(manifest.files, blobs) if hashlib.sha256(blob).hexdigest() != f.sha256)
+    if corrupt:
+        raise BadInput(Reason.CHECKSUM_MISMATCH, f"{corrupt} of {len(blobs)} files differ from their sha256")
 
     datasets = []
     skipped: Counter[str] = Counter()
@@ -222,9 +226,9 @@ def _ingest(deps: Ingest, facility: str, upload_id: str) -> str:
             MessageBody=to_send.to_json(),
             MessageAttributes={"priority": {"DataType": "String", "StringValue": to_send.priority}},
         )
-    _finish(deps, upload_id, UploadStatus.ACCEPTED, study_key=key)
-    _delete_raw(deps, facility, upload_id)
-    return UploadStatus.ACCEPTED
+    _finish(deps, upload_id, UploadStatus.QUEUED, study_key=key)
+    delete_raw(deps.clients, facility, upload_id)
+    return UploadStatus.QUEUED
 
 
 def _record_study(deps: Ingest, job: JobMessage, upload_id: str, timings: dict[str, float], *,
@@ -281,7 +285,7 @@ def _finish(deps: Ingest, upload_id: str, status: str, *, reason: str | None = N
         fields["study_key"] = study_key
     try:
         deps.uploads.update(upload_id, fields, condition="attribute_not_exists(#status) OR NOT #status IN (:a, :r, :f)",
-                            values={":a": UploadStatus.ACCEPTED, ":r": UploadStatus.REJECTED, ":f": UploadStatus.FAILED})
+                            values={":a": UploadStatus.QUEUED, ":r": UploadStatus.REJECTED, ":f": UploadStatus.FAILED})
     except ConditionFailed:
         log.info("upload already final", extra={"upload_id": upload_id})
 
@@ -290,13 +294,14 @@ def _listing(deps: Ingest, facility: str, upload_id: str) -> dict[str, int]:
     return list_sizes(deps.clients.s3, deps.settings.raw_bucket, raw_prefix(facility, upload_id))
 
 
-def _delete_raw(deps: Ingest, facility: str, upload_id: str) -> None:
+def delete_raw(clients: Clients, facility: str, upload_id: str) -> None:
     """Delete every raw object of the upload (PHI); the lifecycle rule is the backstop."""
-    keys = [raw_prefix(facility, upload_id) + name for name in _listing(deps, facility, upload_id)]
+    prefix = raw_prefix(facility, upload_id)
+    keys = [prefix + name for name in list_sizes(clients.s3, clients.settings.raw_bucket, prefix)]
     for i in range(0, len(keys), 1000):
-        deps.clients.s3.delete_objects(
-            Bucket=deps.settings.raw_bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True}
+        clients.s3.delete_objects(
+            Bucket=clients.settings.raw_bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True}
         )
 
 
-__all__ = ["Ingest", "handle", "ingest_upload", "lambda_handler", "PROMISED"]
+__all__ = ["Ingest", "handle", "ingest_upload", "lambda_handler", "delete_raw", "PROMISED"]

@@ -52,7 +52,7 @@ async function follow(uploadId, say) {
   for (;;) {
     const up = await api(`/uploads/${uploadId}`);
     if (up.status === "REJECTED" || up.status === "FAILED") { say(`Upload ${uploadId.slice(0, 8)}: ${up.status} (${up.reason})`); return; }
-    if (up.status === "ACCEPTED") {
+    if (up.status === "QUEUED") {
       const st = await api(`/studies/${up.study_key}`);
       say(`Study ${up.study_key}: ${st.status}${st.triage_level ? " — " + st.triage_level : ""}`);
       if (FINAL.has(st.status)) { refresh(); return; }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
+
 import numpy as np
 import pytest
 
@@ -52,7 +55,46 @@ def test_unknown_facility_is_refused(api):
 
 def test_completing_before_every_file_arrived_is_refused(api):
     created = api.http.post(f"{api.base}/uploads", json={
-        "facility": "demo", "files": [{"name": "a.dcm", "size": 10}, {"name": "b.dcm", "size": 10}]}).json()
+        "facility": "demo", "files": [{"name": "a.dcm", "size": 10, "sha256": "0" * 64},
+                                      {"name": "b.dcm", "size": 10, "sha256": "1" * 64}]}).json()
     resp = api.http.post(f"{api.base}/uploads/{created['upload_id']}/complete")
     assert resp.status_code == 409 and resp.json()["error"] == "upload_incomplete"
     assert api.get_upload(created["upload_id"])["status"] == "RECEIVED"
+
+
+def _upload_raw(api, listing: list[dict], payload: dict[str, bytes], *, complete: bool = True) -> str:
+    """The browser's steps by hand, so a test can send what the manifest does not promise."""
+    created = api.http.post(f"{api.base}/uploads", json={"facility": "demo", "files": listing}).json()
+    for target in created["files"]:
+        if target["name"] in payload:
+            resp = api.http.post(target["url"], data=target["fields"], files={"file": payload[target["name"]]})
+            assert resp.status_code in (200, 201, 204)
+    if complete:
+        resp = api.http.post(f"{api.base}/uploads/{created['upload_id']}/complete")
+        assert resp.status_code == 202, resp.text
+    return str(created["upload_id"])
+
+
+def test_a_file_that_differs_from_its_checksum_is_rejected(api):
+    files = _series()
+    listing = [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in files]
+    listing[2]["sha256"] = hashlib.sha256(b"something else").hexdigest()
+    upload_id = _upload_raw(api, listing, dict(files))
+    state = api.wait(upload_id, timeout_s=60)
+    assert state["upload"]["status"] == "REJECTED" and state["upload"]["reason"] == "checksum_mismatch"
+
+
+def test_uploads_that_never_complete_expire_as_upload_incomplete(api, stack):
+    from dispatcher.sweeper import Sweeper, sweep
+
+    files = _series()
+    listing = [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in files]
+    upload_id = _upload_raw(api, listing, dict(files[:3]), complete=False)  # the rest never arrives
+    deps = Sweeper(stack.clients)
+    assert sweep(deps, at=time.time()) == 0, "not yet expired"
+    assert api.get_upload(upload_id)["status"] == "RECEIVED"
+    assert sweep(deps, at=time.time() + stack.settings.upload_expiry_s + 1) >= 1
+    record = api.get_upload(upload_id)
+    assert record["status"] == "REJECTED" and record["reason"] == "upload_incomplete"
+    listing_after = stack.clients.s3.list_objects_v2(Bucket=stack.settings.raw_bucket, Prefix=f"raw/demo/{upload_id}/")
+    assert listing_after.get("KeyCount", 0) == 0, "the partial upload's PHI is deleted"

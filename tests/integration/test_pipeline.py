@@ -116,7 +116,7 @@ def test_the_same_upload_twice_gives_one_study_and_one_job(stack, api, phantoms,
     first = finished["states"]["phantom-clean"]["study"]
     again = api.upload("demo", phantoms["phantom-clean"].files)
     state = api.wait(again.upload_id, timeout_s=60)
-    assert state["upload"]["status"] == "ACCEPTED"
+    assert state["upload"]["status"] == "QUEUED"
     assert state["upload"]["study_key"] == first["study_key"]
     record = api.get_study(first["study_key"])
     assert record["job_id"] == first["job_id"] and record["attempts"] == 1

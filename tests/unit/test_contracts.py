@@ -83,11 +83,13 @@ def test_unsafe_file_names_are_refused(name):
 
 def test_manifest_validates_its_fields():
     good = {"upload_id": "a" * 32, "facility": "demo", "priority": "backfill",
-            "files": [{"name": "x.dcm", "size": 3}], "created_at": 1.0}
+            "files": [{"name": "x.dcm", "size": 3, "sha256": "0" * 64}], "created_at": 1.0}
     m = Manifest.from_json(json.dumps(good))
     assert m.files[0].size == 3 and m.priority == "backfill"
     assert Manifest.from_json(m.to_json()) == m
     for bad in ({**good, "priority": "now"}, {**good, "files": [{"name": "../x", "size": 1}]},
-                {**good, "upload_id": "XYZ"}, {k: v for k, v in good.items() if k != "files"}):
+                {**good, "upload_id": "XYZ"}, {k: v for k, v in good.items() if k != "files"},
+                {**good, "files": [{"name": "x.dcm", "size": 3}]},
+                {**good, "files": [{"name": "x.dcm", "size": 3, "sha256": "XY"}]}):
         with pytest.raises(BadInput):
             Manifest.from_json(json.dumps(bad))

@@ -1,0 +1,75 @@
+"""Expire uploads that never completed: REJECTED with ``upload_incomplete``, raw objects deleted.
+
+Runs on a schedule (EventBridge on AWS, a timer thread in the local stack). An
+upload whose files stopped arriving must still end in a recorded state, and its
+PHI must not linger in ``raw/`` until the lifecycle rule catches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ctfleet.aws import Clients
+from ctfleet.contracts import Reason
+from ctfleet.records import ConditionFailed, Table, now, uploads_table
+
+from .api import UploadStatus, _iso
+from .ingest import delete_raw
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+@dataclass
+class Sweeper:
+    clients: Clients
+
+    @property
+    def uploads(self) -> Table:
+        return uploads_table(self.clients)
+
+
+def handle(event: dict[str, Any], deps: Sweeper) -> dict[str, Any]:
+    return {"expired": sweep(deps, at=time.time())}
+
+
+_DEPS: Sweeper | None = None
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    global _DEPS
+    from .runtime import clients
+
+    if _DEPS is None:
+        _DEPS = Sweeper(clients())
+    return handle(event, _DEPS)
+
+
+def sweep(deps: Sweeper, *, at: float) -> int:
+    """Expire every upload still RECEIVED ``upload_expiry_s`` after it was created; returns how many."""
+    settings = deps.clients.settings
+    index = next(i for i in settings.uploads_table.indexes if i.name == "by_status")
+    cutoff = _iso(at - settings.upload_expiry_s)
+    expired = 0
+    while True:
+        stale = deps.uploads.query_index(index.name, index.partition_key, UploadStatus.RECEIVED, limit=BATCH,
+                                         sort_key=index.sort_key, sort_before=cutoff)
+        for item in stale:
+            try:
+                deps.uploads.update(
+                    item["upload_id"],
+                    {"status": UploadStatus.REJECTED, "reason": Reason.UPLOAD_INCOMPLETE, "ingested_at": now()},
+                    condition="#status = :received",
+                    values={":received": UploadStatus.RECEIVED},
+                )
+            except ConditionFailed:
+                continue  # completed (or expired by another sweep) meanwhile
+            delete_raw(deps.clients, item["facility"], item["upload_id"])
+            expired += 1
+            log.info("upload expired", extra={"upload_id": item["upload_id"], "reason": Reason.UPLOAD_INCOMPLETE})
+        if len(stale) < BATCH:
+            return expired
