@@ -45,6 +45,26 @@ WEB_ROOT = Path(__file__).resolve().parents[1] / "web"
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
 
 
+def local_secret(settings: Settings, facility: str) -> bytes:
+    """The local stack's secret for ``facility``: 64 hex characters in ``{home}/secrets/{facility}``.
+
+    Created on first use (mode 0600) and kept, so study keys and pseudonyms stay
+    the same across runs and match what ``ctfleet deid`` produces by default.
+    """
+    path = Path(settings.home).expanduser() / "secrets" / facility
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(pysecrets.token_hex(32))
+        os.replace(tmp, path)
+    secret = path.read_bytes().strip()
+    if not secret:
+        raise ValueError(f"empty secret file {path}")
+    return secret
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -266,7 +286,7 @@ class LocalStack:
         api_port = self.api_port or free_port()
         self.settings = replace(self.base_settings, endpoint_url=endpoint, api_url=f"http://127.0.0.1:{api_port}")
         self.clients = Clients(self.settings)
-        self.resources = provision(self.clients, {f: pysecrets.token_hex(32).encode() for f in self.settings.facilities},
+        self.resources = provision(self.clients, {f: local_secret(self.settings, f) for f in self.settings.facilities},
                                    web_origins=(str(self.settings.api_url),))
         self.alert_inbox_url = self._subscribe_inbox()
 

@@ -34,6 +34,7 @@ class Env:
     JOB_VISIBILITY_S = "CTFLEET_JOB_VISIBILITY_S"
     HEARTBEAT_S = "CTFLEET_HEARTBEAT_S"
     UPLOAD_EXPIRY_S = "CTFLEET_UPLOAD_EXPIRY_S"
+    HOME = "CTFLEET_HOME"
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class Settings:
     imds_endpoint: str = "http://169.254.169.254"
     log_level: str = "INFO"
     api_url: str | None = None
+    # Where the local stack keeps its facility secrets (so `ctfleet deid` and
+    # `ctfleet local up` agree on study keys across runs).
+    home: str = "~/.ctfleet"
 
     # How long a received job stays invisible without a heartbeat: the time a
     # crashed worker's job waits before another worker gets it.
@@ -130,6 +134,7 @@ class Settings:
             job_visibility_s=int(env.get(Env.JOB_VISIBILITY_S, base.job_visibility_s)),
             heartbeat_s=int(env.get(Env.HEARTBEAT_S, base.heartbeat_s)),
             upload_expiry_s=int(env.get(Env.UPLOAD_EXPIRY_S, base.upload_expiry_s)),
+            home=env.get(Env.HOME, base.home),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -152,6 +157,7 @@ class Settings:
             Env.JOB_VISIBILITY_S: str(self.job_visibility_s),
             Env.HEARTBEAT_S: str(self.heartbeat_s),
             Env.UPLOAD_EXPIRY_S: str(self.upload_expiry_s),
+            Env.HOME: self.home,
         }
         if self.endpoint_url:
             env[Env.ENDPOINT] = self.endpoint_url

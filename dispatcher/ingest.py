@@ -20,13 +20,11 @@ import hashlib
 import json
 import logging
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
-from ctfleet import dicom
 from ctfleet.aws import Clients, FacilitySecrets, list_sizes
 from ctfleet.contracts import (
     JobMessage,
@@ -35,10 +33,9 @@ from ctfleet.contracts import (
     Status,
     parse_raw_key,
     raw_prefix,
-    study_key,
     study_prefix,
 )
-from ctfleet.deid import deidentify
+from ctfleet.study import PreparedStudy, prepare_study
 from ctfleet.errors import BadInput
 from ctfleet.records import ConditionFailed, Table, now, studies_table, uploads_table
 from ctfleet.settings import Settings
@@ -177,49 +174,30 @@ def _ingest(deps: Ingest, facility: str, upload_id: str) -> str:
     if corrupt:
         raise BadInput(Reason.CHECKSUM_MISMATCH, f"{corrupt} of {len(blobs)} files differ from their sha256")
 
-    datasets = []
-    skipped: Counter[str] = Counter()
-    for i, blob in enumerate(blobs):  # file names may carry PHI: errors name an index
-        try:
-            datasets.append(dicom.read_dataset(blob, name=f"file {i}"))
-        except BadInput as exc:
-            skipped[exc.reason] += 1  # e.g. a DICOMDIR or a stray text file beside the images
-    if not datasets:
-        reason = skipped.most_common(1)[0][0] if skipped else Reason.NOT_DICOM
-        raise BadInput(reason, f"none of the {len(manifest.files)} files is a usable DICOM image")
-    found = dicom.group_series(datasets)
-    chosen = dicom.choose_series(found)
-    secret = deps.secrets.get(facility)
-    key = study_key(secret, chosen.study_instance_uid)
-    series_id = study_key(secret, chosen.series_instance_uid)[:16]
-    t_read = time.perf_counter()
-
-    out_prefix = study_prefix(facility, key, series_id)
-    object_keys = [f"{out_prefix}{i:04d}.dcm" for i in range(len(chosen.datasets))]
-    clean = [dicom.dataset_to_bytes(deidentify(ds, secret, facility=facility)) for ds in chosen.datasets]
-    t_deid = time.perf_counter()
+    study = prepare_study(blobs, secret=deps.secrets.get(facility), facility=facility)
+    key = study.study_key
+    out_prefix = study_prefix(facility, key, study.series_id)
+    object_keys = [f"{out_prefix}{i:04d}.dcm" for i in range(len(study.files))]
+    t_prepared = time.perf_counter()
     with ThreadPoolExecutor(_POOL) as pool:
         list(pool.map(
             lambda kv: s3.put_object(Bucket=s.studies_bucket, Key=kv[0], Body=kv[1], ContentType="application/dicom"),
-            zip(object_keys, clean),
+            zip(object_keys, study.files),
         ))
     t_write = time.perf_counter()
 
     job = JobMessage.new(
         facility=facility,
         study_key=key,
-        series=series_id,
+        series=study.series_id,
         object_keys=tuple(object_keys),
         slice_count=len(object_keys),
-        bytes=sum(len(b) for b in clean),
+        bytes=sum(len(b) for b in study.files),
         priority=manifest.priority,
         model_version=s.model,
     )
-    timings = {
-        "download": t_download - t0, "read": t_read - t_download, "deidentify": t_deid - t_read,
-        "write": t_write - t_deid,
-    }
-    to_send = _record_study(deps, job, upload_id, timings, skipped=sum(skipped.values()), series_found=len(found))
+    timings = {"download": t_download - t0, **study.timings_s, "write": t_write - t_prepared}
+    to_send = _record_study(deps, job, upload_id, timings, study)
     if to_send is not None:
         deps.clients.sqs.send_message(
             QueueUrl=deps.clients.queue_url(s.job_queue(to_send.priority).name),
@@ -231,8 +209,8 @@ def _ingest(deps: Ingest, facility: str, upload_id: str) -> str:
     return UploadStatus.QUEUED
 
 
-def _record_study(deps: Ingest, job: JobMessage, upload_id: str, timings: dict[str, float], *,
-                  skipped: int, series_found: int) -> JobMessage | None:
+def _record_study(deps: Ingest, job: JobMessage, upload_id: str, timings: dict[str, float],
+                  study: PreparedStudy) -> JobMessage | None:
     """Put the study record; returns the job to send, or None when the study is a duplicate."""
     t = now()
     item = {
@@ -246,8 +224,9 @@ def _record_study(deps: Ingest, job: JobMessage, upload_id: str, timings: dict[s
         "series": job.series,
         "slices": job.slice_count,
         "bytes": job.bytes,
-        "series_found": series_found,
-        "files_skipped": skipped,
+        "series_found": study.series_found,
+        "files_skipped": study.files_skipped,
+        "series_choice": study.choice,
         "model": job.model_version,
         "created_at": _iso(t),
         "received_at": t,
