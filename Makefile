@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: setup browser lint demo test test-unit test-integration lock clean
+.PHONY: setup browser lint demo test test-unit test-integration bench validate lock clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,14 @@ test-unit: setup
 
 test-integration: setup
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+# Speed as ratios to pydicom's own read time, measured in the same run (not part of `make test`).
+bench: setup
+	$(BIN)/python -m ctfleet.bench --out docs/benchmarks.md
+
+# Synthetic lesions of known size inserted into the real CT and phantoms; writes docs/validation.md.
+validate: setup
+	$(BIN)/python -m ctfleet.validate --out docs/validation.md
 
 # Refresh the exact pins of every installed package after changing pyproject.toml.
 lock: setup
