@@ -64,6 +64,12 @@ class Reason:
     INCONSISTENT_GEOMETRY = "inconsistent_geometry"  # orientation, size or pixel spacing differ
     MISSING_GEOMETRY = "missing_geometry"  # position, orientation or pixel spacing absent
     UNSUPPORTED_PIXEL_DATA = "unsupported_pixel_data"  # multi-frame, colour, undecodable syntax
+    UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"  # a syntax no installed decoder reads
+    # Pixel safety: images that may show identity in their pixels.
+    BURNED_IN_ANNOTATION = "burned_in_annotation"  # the header says so (BurnedInAnnotation YES)
+    SECONDARY_CAPTURE = "secondary_capture"  # screenshots and other converted images
+    DERIVED_IMAGE = "derived_image"  # screen saves and other derived pictures, not reconstructions
+    BURNED_IN_TEXT = "burned_in_text"  # text found in the pixels although the header is silent
     ANALYSIS_FAILED = "analysis_failed"
     TOO_MANY_ATTEMPTS = "too_many_attempts"
 

@@ -9,12 +9,15 @@ unpacked once into a cache directory outside the repository, never copied in.
 from __future__ import annotations
 
 import os
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Test helper modules beside this file (e.g. phi.py, the planted-PHI corpus) import as top-level modules.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 SHARED_CT = REPO.parent / "shared" / "data" / "ct00.tar.xz"
 
 
