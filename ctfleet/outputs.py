@@ -1,8 +1,9 @@
 """Serialise an :class:`model.Analysis` to the result files, and write them atomically.
 
 The files are those of ``results/{facility}/{study}/{model_version}/`` and of
-``ctfleet analyze --out DIR``: ``labels.nii.gz``, ``report.json`` and
-``overlay/<name>.png``.
+``ctfleet analyze --out DIR``: ``labels.nii.gz``, ``report.json``,
+``overlay/<name>.png`` and, when the source DICOM slices are at hand,
+``seg.dcm`` (a DICOM Segmentation of them, see :mod:`ctfleet.seg`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -23,6 +26,9 @@ from PIL import Image
 # (an editable install made before model/__init__.py existed maps it as one).
 from model.analysis import Analysis
 from model.volume import Volume
+
+if TYPE_CHECKING:
+    import pydicom
 
 __all__ = ["render", "write"]
 
@@ -44,26 +50,35 @@ def _png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def render(analysis: Analysis, volume: Volume) -> dict[str, bytes]:
+def render(
+    analysis: Analysis, volume: Volume, *, source_datasets: "Sequence[pydicom.Dataset] | None" = None
+) -> dict[str, bytes]:
     """The result files of one analysis, in memory.
 
     Parameters
     ----------
     analysis : Analysis
-        Output of :func:`model.analyze` for ``volume``.
+        Output of an analyzer (:func:`model.analyze`, :func:`model.get`) for ``volume``.
     volume : Volume
         The analysed volume; its affine goes into the NIfTI header.
+    source_datasets : sequence of pydicom.Dataset, optional
+        The de-identified slices the volume was built from, ordered like its
+        ``Z`` axis (``Series.datasets`` as :func:`ctfleet.dicom.volume_from_series`
+        sorts them; pixel data not needed). When given, ``"seg.dcm"`` is added.
 
     Returns
     -------
     dict of str to bytes
         ``"labels.nii.gz"`` (uint8, on the volume's grid, affine in RAS+ mm),
-        ``"report.json"`` (indented, sorted keys) and ``"overlay/<name>.png"``.
+        ``"report.json"`` (indented, sorted keys), ``"overlay/<name>.png"`` and,
+        with ``source_datasets``, ``"seg.dcm"`` (DICOM SEG; its algorithm version
+        is ``report["model_version"]``).
 
     Raises
     ------
     ValueError
-        If the labels are not on the volume's grid.
+        If the labels are not on the volume's grid, or do not match the source
+        slices (count, rows, columns).
     """
     if analysis.labels.shape != volume.shape:
         raise ValueError(f"labels {analysis.labels.shape} are not on the volume's grid {volume.shape}")
@@ -73,6 +88,10 @@ def render(analysis: Analysis, volume: Volume) -> dict[str, bytes]:
     }
     for name, rgb in sorted(analysis.overlays.items()):
         files[f"overlay/{name}.png"] = _png(rgb)
+    if source_datasets is not None:
+        from .seg import make_seg  # local: highdicom is only needed when a SEG is asked for
+
+        files["seg.dcm"] = make_seg(analysis.labels, list(source_datasets), model_version=str(analysis.report["model_version"]))
     return files
 
 

@@ -73,3 +73,34 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
         write({"a.txt": b"x", "../escape.txt": b"y"}, out)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_seg_without_sources(result: tuple) -> None:
+    _, _, files = result
+    assert "seg.dcm" not in files
+
+
+def test_seg_with_sources() -> None:
+    """From DICOM slices (shuffled, as a job's keys come) to a SEG that matches labels.nii.gz."""
+    import random
+
+    import highdicom as hd
+
+    from ctfleet.dicom import series_to_datasets, volume_from_series
+    from ctfleet.phantom import from_preset
+
+    p = from_preset("high")
+    datasets = series_to_datasets(p.hu, p.spacing_mm)
+    shuffled = list(datasets)
+    random.Random(1).shuffle(shuffled)
+    v = volume_from_series(shuffled)
+    a = analyze(v, "cpu")
+    files = render(a, v, source_datasets=shuffled)
+    assert set(files) >= {"labels.nii.gz", "report.json", "seg.dcm"}
+    seg = hd.seg.segread(io.BytesIO(files["seg.dcm"]))
+    assert seg.get_segment_description(1).algorithm_identification[0].AlgorithmVersion == a.report["model_version"]
+    labels = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in datasets], combine_segments=True,
+                                               ignore_spatial_locations=True)
+    assert np.array_equal(labels, a.labels)
+    with pytest.raises(ValueError):
+        render(a, v, source_datasets=shuffled[:-1])
