@@ -32,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="analyzer name (default: the built-in lung analyzer)")
     p.add_argument("--high-threshold", type=float, default=None, help="score at which a study triages HIGH")
 
+    p = sub.add_parser("deid", help="de-identify every series under INPUT into OUTPUT (PS3.15 basic profile)")
+    p.add_argument("input", type=Path, help="folder of DICOM files (searched recursively)")
+    p.add_argument("output", type=Path, help="output folder (created; must not exist yet or be empty)")
+    p.add_argument("--facility", required=True, help="facility id (lowercase slug)")
+    p.add_argument("--secret-file", type=Path, default=None,
+                   help="file holding the facility's secret (its bytes); default: the local stack's secret")
+
     p = sub.add_parser("local", help="the whole stack on this machine")
     local_sub = p.add_subparsers(dest="local_command", required=True, metavar="ACTION")
     up = local_sub.add_parser("up", help="run moto, the handlers, the workers and the web page until Ctrl-C")
@@ -56,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "analyze":
             return cmd_analyze(args, settings)
+        if args.command == "deid":
+            return cmd_deid(args, settings)
         if args.command == "local":
             return cmd_local_up(args, settings)
         if args.command == "demo":
@@ -82,36 +91,68 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
-    from model.volume import VolumeError
-
-    from .pipeline import load_volume
+    from .pipeline import load_study
 
     t0 = time.perf_counter()
-    if args.model != "default":
-        raise BadInput("unknown_model", f"no analyzer named {args.model!r}; available: default")
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         raise BadInput("output_exists", f"{args.out} exists and is not an empty folder; choose a new --out")
+    study = load_study(args.input)
+    volume = study.volume
+    t_read = time.perf_counter()
+    print(f"analyze: volume {volume.shape} spacing {tuple(round(s, 3) for s in volume.spacing_mm)} mm",
+          file=sys.stderr)
+    from model import ModelError
+    from model.volume import VolumeError
+
+    from .models import resolve
+    from .outputs import render, write
+
+    threshold = args.high_threshold if args.high_threshold is not None else settings.high_threshold
     try:
-        volume = load_volume(args.input)
-        t_read = time.perf_counter()
-        print(f"analyze: volume {volume.shape} spacing {tuple(round(s, 3) for s in volume.spacing_mm)} mm",
-              file=sys.stderr)
-        from model import analyze
+        s3 = None
+        if args.model.startswith("s3://"):
+            from .aws import Clients
 
-        from .outputs import render, write
-
-        threshold = args.high_threshold if args.high_threshold is not None else settings.high_threshold
-        analysis = analyze(volume, args.device, high_threshold=threshold)
-    except VolumeError as exc:
+            s3 = Clients(settings).s3
+        analyzer = resolve(args.model, s3_client=s3, cache_dir=Path(settings.model_cache_dir).expanduser(),
+                           device=args.device)
+        analysis = analyzer(volume, args.device, high_threshold=threshold)
+    except (VolumeError, ModelError) as exc:
         raise BadInput(exc.reason, str(exc)) from exc
     report = dict(analysis.report)
     report.setdefault("timings_s", {})
     report["timings_s"] = {**report["timings_s"], "read": round(t_read - t0, 4)}
-    files = render(replace(analysis, report=report), volume)
+    files = render(replace(analysis, report=report), volume, source_datasets=study.source_datasets)
     write(files, args.out)
     report["timings_s"]["command"] = round(time.perf_counter() - t0, 4)
     print(f"analyze: wrote {len(files)} files to {args.out}", file=sys.stderr)
     print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+def cmd_deid(args: argparse.Namespace, settings: Settings) -> int:
+    from .contracts import check_facility
+    from .deidcli import run
+
+    facility = check_facility(args.facility)
+    if args.secret_file is not None:
+        try:
+            secret = args.secret_file.read_bytes().strip()
+        except OSError as exc:
+            raise BadInput("no_secret", f"cannot read --secret-file {args.secret_file}") from exc
+        if len(secret) < 16:
+            raise BadInput("no_secret", "the secret file must hold at least 16 bytes (e.g. 64 hex characters)")
+    else:
+        from .local import local_secret
+
+        secret = local_secret(settings, facility)
+    if not args.input.is_dir():
+        raise BadInput("no_input", f"{args.input} is not a folder")
+    result = run(args.input, args.output, facility, secret)
+    accepted = sum(a["files"] for a in result["accepted"])
+    print(f"deid: {len(result['accepted'])} series ({accepted} files) written to {args.output}, "
+          f"{len(result['rejected'])} rejected", file=sys.stderr)
+    print(json.dumps(result, sort_keys=True))
     return 0
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import BadInput
 
@@ -11,8 +12,14 @@ if TYPE_CHECKING:
     from model.volume import Volume
 
 
-def load_volume(path: Path) -> "Volume":
-    """A :class:`model.volume.Volume` from a DICOM folder (searched recursively) or a NIfTI file.
+@dataclass(frozen=True)
+class LoadedStudy:
+    volume: "Volume"
+    source_datasets: tuple[Any, ...] | None  # the DICOM series the volume came from (None for NIfTI)
+
+
+def load_study(path: Path) -> LoadedStudy:
+    """A volume (and its DICOM series) from a DICOM folder (searched recursively) or a NIfTI file.
 
     For a folder, the best axial CT series is chosen (see :func:`ctfleet.dicom.choose_series`).
 
@@ -40,8 +47,9 @@ def load_volume(path: Path) -> "Volume":
             raise BadInput("bad_shape", f"expected a 3-D image, got {data.ndim} dimensions")
         zooms = img.header.get_zooms()[:3]
         # nibabel's array is (i, j, k) = (X, Y, Z); the model wants (Z, Y, X).
-        return Volume(hu=np.ascontiguousarray(data.transpose(2, 1, 0)),
-                      spacing_mm=(float(zooms[2]), float(zooms[1]), float(zooms[0])), affine=img.affine)
+        volume = Volume(hu=np.ascontiguousarray(data.transpose(2, 1, 0)),
+                        spacing_mm=(float(zooms[2]), float(zooms[1]), float(zooms[0])), affine=img.affine)
+        return LoadedStudy(volume, None)
     if not path.is_dir():
         raise BadInput("no_input", f"{path} is neither a folder of DICOM files nor a .nii/.nii.gz file")
     from . import dicom
@@ -55,4 +63,4 @@ def load_volume(path: Path) -> "Volume":
     if not datasets:
         raise BadInput("not_dicom", f"no readable DICOM image under {path}")
     series = dicom.choose_series(dicom.group_series(datasets))
-    return dicom.volume_from_series(list(series.datasets))
+    return LoadedStudy(dicom.volume_from_series(list(series.datasets)), tuple(series.datasets))

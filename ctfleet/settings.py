@@ -35,6 +35,7 @@ class Env:
     HEARTBEAT_S = "CTFLEET_HEARTBEAT_S"
     UPLOAD_EXPIRY_S = "CTFLEET_UPLOAD_EXPIRY_S"
     HOME = "CTFLEET_HOME"
+    MODEL_CACHE = "CTFLEET_MODEL_CACHE"
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class Settings:
     # Where the local stack keeps its facility secrets (so `ctfleet deid` and
     # `ctfleet local up` agree on study keys across runs).
     home: str = "~/.ctfleet"
+    # Where models named by an s3:// URI are downloaded to (by content), once.
+    model_cache_dir: str = "~/.cache/ctfleet/models"
 
     # How long a received job stays invisible without a heartbeat: the time a
     # crashed worker's job waits before another worker gets it.
@@ -135,6 +138,7 @@ class Settings:
             heartbeat_s=int(env.get(Env.HEARTBEAT_S, base.heartbeat_s)),
             upload_expiry_s=int(env.get(Env.UPLOAD_EXPIRY_S, base.upload_expiry_s)),
             home=env.get(Env.HOME, base.home),
+            model_cache_dir=env.get(Env.MODEL_CACHE, base.model_cache_dir),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -158,6 +162,7 @@ class Settings:
             Env.HEARTBEAT_S: str(self.heartbeat_s),
             Env.UPLOAD_EXPIRY_S: str(self.upload_expiry_s),
             Env.HOME: self.home,
+            Env.MODEL_CACHE: self.model_cache_dir,
         }
         if self.endpoint_url:
             env[Env.ENDPOINT] = self.endpoint_url

@@ -16,6 +16,7 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -27,6 +28,8 @@ from ctfleet.errors import BadInput, Interrupted
 from ctfleet.imds import Imds
 from ctfleet.records import ConditionFailed, Table, now, studies_table
 from ctfleet.settings import Settings
+from model.registry import ModelError
+from model.volume import VolumeError
 
 from .heartbeat import Heartbeat
 
@@ -198,26 +201,27 @@ class Worker:
         t = time.perf_counter()
         datasets = [dicom.read_dataset(b, name=k.rsplit("/", 1)[-1]) for b, k in zip(blobs, job.object_keys)]
         volume = dicom.volume_from_series(datasets)
-        del blobs, datasets
+        del blobs
+        for ds in datasets:  # the SEG needs headers only; the pixels live on in the volume
+            del ds.PixelData
         timings["volume"] = time.perf_counter() - t
         self.check_interrupt()
 
         t = time.perf_counter()
         try:
             analysis = self.analyze(volume, self.device, high_threshold=s.high_threshold)
-        except ValueError as exc:
-            reason = getattr(exc, "reason", None)
-            if reason:  # the model's VolumeError: this volume can never be analysed
-                raise BadInput(str(reason), str(exc)) from exc
-            raise
+        except ModelError:
+            raise  # the model, not the study, is at fault: retry, then FAILED
+        except VolumeError as exc:  # this volume can never be analysed
+            raise BadInput(exc.reason, str(exc)) from exc
         timings["analyze"] = time.perf_counter() - t
         self.check_interrupt()
 
         t = time.perf_counter()
-        files = self.render(analysis, volume)
+        files = self.render(analysis, volume, source_datasets=datasets)
         prefix = results_prefix(job.facility, job.study_key, self.model_version)
         keys = [prefix + name for name in files]
-        types = {"png": "image/png", "json": "application/json", "gz": "application/gzip"}
+        types = {"png": "image/png", "json": "application/json", "gz": "application/gzip", "dcm": "application/dicom"}
         with ThreadPoolExecutor(_POOL) as pool:
             list(pool.map(
                 lambda kv: s3.put_object(Bucket=s.results_bucket, Key=kv[0], Body=kv[1],
@@ -315,19 +319,22 @@ def main(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float 
     """``ctfleet worker``: load the model once, then process jobs until told to stop."""
     import torch
 
+    from ctfleet.models import resolve
     from ctfleet.outputs import render
-    from model import MODEL_VERSION, analyze
 
     clients = Clients(settings)
     imds = Imds(settings.imds_endpoint)
     device = settings.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Loaded once per process; a model that cannot load stops the worker before it takes work.
+    analyzer = resolve(settings.model, s3_client=clients.s3, cache_dir=Path(settings.model_cache_dir).expanduser(),
+                       device=device)
     worker = Worker(
         clients=clients,
-        analyze=analyze,
+        analyze=analyzer,
         render=render,
-        model_version=MODEL_VERSION,
+        model_version=analyzer.version,
         device=device,
         instance_id=imds.instance_id(),
         instance_type=imds.instance_type(settings.instance_type),
@@ -336,7 +343,7 @@ def main(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float 
     install_signal_handlers(worker.stop)
     worker.watch_spot(imds)
     log.info("worker started", extra={"instance": worker.instance_id, "device": device,
-                                      "model_version": MODEL_VERSION})
+                                      "model_version": analyzer.version})
     handled = worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)
     log.info("worker stopped", extra={"instance": worker.instance_id, "jobs": handled})
     logging.shutdown()

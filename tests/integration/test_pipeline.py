@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pytest
@@ -54,7 +55,7 @@ def test_results_are_in_s3_and_readable(stack, finished):
     for state in finished["states"].values():
         record = state["study"]
         names = {k[len(record["result_prefix"]):] for k in record["result_keys"]}
-        assert {"labels.nii.gz", "report.json"} <= names
+        assert {"labels.nii.gz", "report.json", "seg.dcm"} <= names
         assert any(n.startswith("overlay/") and n.endswith(".png") for n in names)
         get = lambda name: s3.get_object(Bucket=stack.settings.results_bucket,  # noqa: E731
                                          Key=record["result_prefix"] + name)["Body"].read()
@@ -66,6 +67,9 @@ def test_results_are_in_s3_and_readable(stack, finished):
         assert img.shape == (x, y, z) and img.get_data_dtype() == np.uint8
         labels = np.asarray(img.dataobj)
         assert set(np.unique(labels)) <= {0, 1, 2, 3}
+        seg = hd.seg.segread(io.BytesIO(get("seg.dcm")))
+        assert seg.PatientIdentityRemoved == "YES"
+        assert len(seg.SegmentSequence) == 3
         for name in names:
             if name.endswith(".png"):
                 assert Image.open(io.BytesIO(get(name))).size[0] > 16
