@@ -60,7 +60,8 @@ def prepare_study(blobs: list[bytes], *, secret: bytes, facility: str) -> Prepar
         reason = skipped.most_common(1)[0][0] if skipped else Reason.NOT_DICOM
         raise BadInput(reason, f"none of the {len(blobs)} files is a usable DICOM image")
     found = dicom.group_series(datasets)
-    chosen = dicom.choose_series(found)
+    choice = dicom.choose(found)
+    chosen = choice.series
     t_read = time.perf_counter()
     key = study_key(secret, chosen.study_instance_uid)
     series_id = study_key(secret, chosen.series_instance_uid)[:16]
@@ -72,5 +73,6 @@ def prepare_study(blobs: list[bytes], *, secret: bytes, facility: str) -> Prepar
         files=clean,
         series_found=len(found),
         files_skipped=dict(skipped),
+        choice=choice.as_dict(),
         timings_s={"read": t_read - t0, "deidentify": t_deid - t_read},
     )
