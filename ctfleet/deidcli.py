@@ -1,0 +1,188 @@
+"""``ctfleet deid INPUT OUTPUT --facility F``: de-identify every series of a folder, no AWS.
+
+The work behind the command (the argument parsing lives in :mod:`ctfleet.cli`):
+
+1. every file under INPUT (recursively, in sorted path order) is read with
+   :func:`ctfleet.dicom.read_dataset`; files that are not DICOM images (a
+   DICOMDIR, a text file, a truncated file) are skipped and counted by reason;
+2. the images are grouped into stacks with :func:`ctfleet.dicom.group_series`;
+3. each stack goes through :func:`ctfleet.pixels.check_series`; a rejected
+   stack writes nothing and is listed with its reason code;
+4. each accepted stack is de-identified slice by slice
+   (:func:`ctfleet.deid.deidentify`) and written as
+   ``OUTPUT/<series pseudonym>/<index>.dcm``, index ``0000``.. along the slice normal.
+
+The series pseudonym is the one ingest uses for S3 keys: the first 16 hex
+characters of HMAC-SHA256(secret, SeriesInstanceUID) (:func:`ctfleet.contracts.study_key`);
+a SeriesInstanceUID split into several stacks (a scout stored with the axial
+slices) gets ``-2``, ``-3`` ... on its later stacks. A stack without a
+SeriesInstanceUID is named ``series-<n>`` by its position in the run.
+
+Everything is written into a temporary sibling folder which is renamed to
+OUTPUT only at the end, so a failure (or nothing accepted) leaves no partial
+output. Nothing the command returns or raises carries a header value or an
+input path: only pseudonyms, counts and reason codes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from . import dicom
+from .contracts import Reason, check_facility, study_key
+from .deid import deidentify
+from .errors import BadInput
+from .pixels import check_series
+
+OUTPUT_EXISTS = Reason.OUTPUT_EXISTS
+"""Reason code: OUTPUT exists and is not an empty folder."""
+SERIES_PSEUDONYM_HEX = 16
+
+
+def series_pseudonym(secret: bytes, series_instance_uid: str) -> str:
+    """The folder name of one series: short HMAC of its SeriesInstanceUID (as ingest names it).
+
+    Parameters
+    ----------
+    secret : bytes
+    series_instance_uid : str
+
+    Returns
+    -------
+    str
+        :data:`SERIES_PSEUDONYM_HEX` lowercase hex characters.
+    """
+    return study_key(secret, series_instance_uid)[:SERIES_PSEUDONYM_HEX]
+
+
+class NothingAccepted(BadInput):
+    """No series was accepted; ``result`` still says what was rejected and why."""
+
+    def __init__(self, reason: str, message: str, result: dict[str, Any]) -> None:
+        super().__init__(reason, message)
+        self.result = result
+
+
+def _check_output(output_dir: Path) -> None:
+    if output_dir.is_symlink() or (output_dir.exists() and not output_dir.is_dir()):
+        raise BadInput(OUTPUT_EXISTS, "OUTPUT exists and is not a folder; give a new or empty folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        raise BadInput(OUTPUT_EXISTS, "OUTPUT is not empty; give a new or empty folder")
+
+
+def _input_files(input_dir: Path) -> list[Path]:
+    files: list[Path] = []
+    for root, dirs, names in os.walk(input_dir):
+        dirs.sort()
+        files.extend(Path(root) / name for name in sorted(names))
+    return files
+
+
+def run(input_dir: Path, output_dir: Path, facility: str, secret: bytes) -> dict[str, Any]:
+    """De-identify every series under ``input_dir`` into ``output_dir``.
+
+    Parameters
+    ----------
+    input_dir : pathlib.Path
+        Folder searched recursively; any file that is not a DICOM image is skipped.
+    output_dir : pathlib.Path
+        Created; must not exist yet, or be an empty folder.
+    facility : str
+        The facility id (a lowercase slug): scopes patient pseudonyms and date shifts.
+    secret : bytes
+        The facility's secret: UIDs, pseudonyms, date shifts and folder names derive from it.
+
+    Returns
+    -------
+    dict
+        ``{"accepted": [{"series": pseudonym, "files": n}],
+        "rejected": [{"series": pseudonym, "files": n, "reason": code}],
+        "skipped": {reason: count}}``, series in the order of
+        :func:`ctfleet.dicom.group_series`.
+
+    Raises
+    ------
+    BadInput
+        ``output_exists`` when ``output_dir`` is a file or a non-empty folder
+        (checked first: nothing is read); ``unknown_facility`` for a malformed
+        facility; when no series is accepted, the most common rejection reason
+        (or, with no DICOM image at all, the most common reason files were
+        skipped, ``not_dicom`` for an empty folder). Nothing is written then.
+    """
+    check_facility(facility)
+    if not secret:
+        raise BadInput("no_secret", "the facility secret is empty")
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    _check_output(output_dir)
+    if not input_dir.is_dir():
+        raise BadInput("no_input", "INPUT is not a folder")
+
+    datasets = []
+    skipped: Counter[str] = Counter()
+    for i, path in enumerate(_input_files(input_dir)):
+        try:
+            # Paths may carry PHI (a folder per patient): errors name an index only.
+            datasets.append(dicom.read_dataset(path.read_bytes(), name=f"file {i}"))
+        except BadInput as exc:
+            skipped[exc.reason] += 1
+        except OSError:
+            skipped["unreadable"] += 1
+
+    accepted: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    plan: list[tuple[str, tuple[Any, ...]]] = []
+    used: Counter[str] = Counter()
+    for n, series in enumerate(dicom.group_series(datasets)):
+        if series.series_instance_uid:
+            base = series_pseudonym(secret, series.series_instance_uid)
+        else:
+            base = f"series-{n}"
+        used[base] += 1
+        name = base if used[base] == 1 else f"{base}-{used[base]}"
+        try:
+            check_series(series.datasets)
+        except BadInput as exc:
+            rejected.append({"series": name, "files": series.n_slices, "reason": exc.reason})
+            continue
+        plan.append((name, series.datasets))
+        accepted.append({"series": name, "files": series.n_slices})
+
+    result = {"accepted": accepted, "rejected": rejected, "skipped": dict(sorted(skipped.items()))}
+    if not plan:
+        if rejected:
+            reason = Counter(r["reason"] for r in rejected).most_common(1)[0][0]
+            raise NothingAccepted(reason, f"none of {len(rejected)} series was accepted", result)
+        reason = skipped.most_common(1)[0][0] if skipped else Reason.NOT_DICOM
+        raise NothingAccepted(reason, f"no DICOM image among {sum(skipped.values())} files", result)
+
+    _write(output_dir, plan, secret, facility)
+    return result
+
+
+def _write(output_dir: Path, plan: list[tuple[str, tuple[Any, ...]]], secret: bytes, facility: str) -> None:
+    """Write into a temporary sibling, then rename: OUTPUT appears whole or not at all."""
+    parent = output_dir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=parent))
+    try:
+        for name, slices in plan:
+            folder = tmp / name
+            folder.mkdir()
+            for index, ds in enumerate(slices):
+                data = dicom.dataset_to_bytes(deidentify(ds, secret, facility=facility))
+                (folder / f"{index:04d}.dcm").write_bytes(data)
+        _check_output(output_dir)  # someone may have written there meanwhile
+        if output_dir.is_dir():
+            output_dir.rmdir()  # empty, as checked; rename cannot replace a folder
+        os.replace(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+__all__ = ["OUTPUT_EXISTS", "run", "series_pseudonym"]
