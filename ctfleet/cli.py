@@ -132,7 +132,7 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_deid(args: argparse.Namespace, settings: Settings) -> int:
     from .contracts import check_facility
-    from .deidcli import run
+    from .deidcli import NothingAccepted, run
 
     facility = check_facility(args.facility)
     if args.secret_file is not None:
@@ -148,7 +148,11 @@ def cmd_deid(args: argparse.Namespace, settings: Settings) -> int:
         secret = local_secret(settings, facility)
     if not args.input.is_dir():
         raise BadInput("no_input", f"{args.input} is not a folder")
-    result = run(args.input, args.output, facility, secret)
+    try:
+        result = run(args.input, args.output, facility, secret)
+    except NothingAccepted as exc:
+        print(json.dumps(exc.result, sort_keys=True))  # what was rejected, and why; then exit 2
+        raise
     accepted = sum(a["files"] for a in result["accepted"])
     print(f"deid: {len(result['accepted'])} series ({accepted} files) written to {args.output}, "
           f"{len(result['rejected'])} rejected", file=sys.stderr)

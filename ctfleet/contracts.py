@@ -70,6 +70,7 @@ class Reason:
     SECONDARY_CAPTURE = "secondary_capture"  # screenshots and other converted images
     DERIVED_IMAGE = "derived_image"  # screen saves and other derived pictures, not reconstructions
     BURNED_IN_TEXT = "burned_in_text"  # text found in the pixels although the header is silent
+    OUTPUT_EXISTS = "output_exists"  # a command's output folder is not empty
     ANALYSIS_FAILED = "analysis_failed"
     TOO_MANY_ATTEMPTS = "too_many_attempts"
 

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import dicom
+from . import dicom, pixels
 from .contracts import Reason, study_key
 from .deid import deidentify
 from .errors import BadInput
@@ -62,6 +62,8 @@ def prepare_study(blobs: list[bytes], *, secret: bytes, facility: str) -> Prepar
     found = dicom.group_series(datasets)
     choice = dicom.choose(found)
     chosen = choice.series
+    # Pixels that may show identity (burned-in text, screenshots) never get past ingest.
+    pixels.check_series(list(chosen.datasets))
     t_read = time.perf_counter()
     key = study_key(secret, chosen.study_instance_uid)
     series_id = study_key(secret, chosen.series_instance_uid)[:16]
