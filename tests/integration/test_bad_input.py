@@ -14,11 +14,30 @@ from ctfleet.errors import BadInput
 pytestmark = pytest.mark.integration
 
 
-def _series(modality: str = "CT", slices: int = 6) -> list[tuple[str, bytes]]:
+def _series(modality: str = "CT", slices: int = 6, **kwargs) -> list[tuple[str, bytes]]:
     hu = np.full((slices, 32, 32), -1000, dtype=np.float32)
     hu[:, 8:24, 8:24] = 40
-    datasets = dicom.series_to_datasets(hu, (2.5, 1.0, 1.0), modality=modality, patient_name="BAD^INPUT")
+    datasets = dicom.series_to_datasets(hu, (2.5, 1.0, 1.0), modality=modality, patient_name="BAD^INPUT", **kwargs)
     return [(f"IM{i:03d}.dcm", dicom.dataset_to_bytes(ds)) for i, ds in enumerate(datasets)]
+
+
+def _without_pixels() -> list[tuple[str, bytes]]:
+    out = []
+    for name, data in _series():
+        ds = dicom.read_dataset(data)
+        del ds.PixelData
+        out.append((name, dicom.dataset_to_bytes(ds)))
+    return out
+
+
+def _two_studies() -> list[tuple[str, bytes]]:
+    a = _series(study_instance_uid="1.2.826.0.1.3680043.8.498.1")
+    b = [(f"b/{n}", d) for n, d in _series(study_instance_uid="1.2.826.0.1.3680043.8.498.2")]
+    return a + b
+
+
+def _truncated() -> list[tuple[str, bytes]]:
+    return [(n, d[: len(d) - 700]) for n, d in _series()]
 
 
 @pytest.mark.parametrize(
@@ -27,8 +46,15 @@ def _series(modality: str = "CT", slices: int = 6) -> list[tuple[str, bytes]]:
         ([("report.txt", b"this is not a DICOM file at all")], "not_dicom"),
         ([("empty.dcm", b"")], "empty_upload"),
         (_series("MR"), "not_ct"),
+        (_truncated(), "not_dicom"),
+        (_without_pixels(), "no_pixel_data"),
+        (_two_studies(), "multiple_studies"),
+        (_series(extra={"BurnedInAnnotation": "YES"}), "burned_in_annotation"),
+        (_series(extra={"ImageType": ["DERIVED", "SECONDARY", "SCREEN SAVE"]}), "derived_image"),
+        (_series(extra={"ConversionType": "WSD"}), "secondary_capture"),
     ],
-    ids=["not-dicom", "empty", "mr"],
+    ids=["not-dicom", "empty", "mr", "truncated", "no-pixels", "two-studies", "burned-in", "screen-save",
+         "secondary-capture"],
 )
 def test_bad_uploads_are_rejected_with_a_reason(api, stack, files, reason):
     up = api.upload("demo", files)
