@@ -17,7 +17,10 @@ import numpy as np
 
 from .contracts import Labels
 
-__all__ = ["Opacity", "Phantom", "PhantomSpec", "PRESETS", "chest_phantom", "lung_point_mm", "from_preset"]
+__all__ = [
+    "Opacity", "Phantom", "PhantomSpec", "PRESETS", "chest_phantom", "lung_point_mm", "from_preset",
+    "head_phantom", "abdomen_phantom", "water_cylinder",
+]
 
 DEFAULT_SHAPE = (64, 160, 160)
 DEFAULT_SPACING_MM = (2.5, 2.2, 2.2)
@@ -314,6 +317,76 @@ def chest_phantom(
 
     hu += rng.normal(0.0, NOISE_SD, size=full).astype(np.float32)
     return Phantom(hu=hu.astype(np.float32, copy=False), spacing_mm=spacing, truth=truth)  # type: ignore[arg-type]
+
+
+def _grid(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    nz, ny, nx = shape
+    sz, sy, sx = spacing
+    return (
+        (np.arange(nz, dtype=np.float32) * sz)[:, None, None],
+        (np.arange(ny, dtype=np.float32) * sy)[None, :, None],
+        (np.arange(nx, dtype=np.float32) * sx)[None, None, :],
+    )
+
+
+def _noisy(hu: np.ndarray, rng: np.random.Generator, spacing: tuple[float, float, float]) -> Phantom:
+    hu = hu + rng.normal(0.0, NOISE_SD, size=hu.shape).astype(np.float32)
+    return Phantom(hu=hu.astype(np.float32), spacing_mm=spacing, truth=np.zeros(hu.shape, np.uint8))
+
+
+def head_phantom(shape: tuple[int, int, int] = (48, 128, 128), spacing_mm: tuple[float, float, float] = (3.0, 1.8, 1.8), seed: int = 0) -> Phantom:
+    """A head-like volume (not a chest): skull shell, brain, ventricles, sinus air. Truth is all background."""
+    rng = np.random.default_rng(seed)
+    spacing = tuple(float(s) for s in spacing_mm)
+    zz, yy, xx = _grid(shape, spacing)  # type: ignore[arg-type]
+    nz, ny, nx = shape
+    cz, cy, cx = 0.5 * (nz - 1) * spacing[0], 0.5 * (ny - 1) * spacing[1], 0.5 * (nx - 1) * spacing[2]
+    r = np.sqrt(((xx - cx) / 75.0) ** 2 + ((yy - cy) / 90.0) ** 2 + ((zz - cz) / 80.0) ** 2)
+    hu = np.full(shape, HU_AIR, np.float32)
+    hu[r <= 1.0] = HU_BONE_CORTEX
+    hu[r <= 0.92] = 35.0  # brain
+    vent = np.sqrt(((xx - cx) / 12.0) ** 2 + ((yy - cy) / 30.0) ** 2 + ((zz - cz) / 20.0) ** 2) <= 1.0
+    hu[vent] = 5.0
+    sinus = np.sqrt(((xx - cx) / 15.0) ** 2 + ((yy - (cy - 70.0)) / 8.0) ** 2 + ((zz - (cz - 30.0)) / 10.0) ** 2) <= 1.0
+    hu[sinus] = HU_AIR
+    return _noisy(hu, rng, spacing)  # type: ignore[arg-type]
+
+
+def abdomen_phantom(shape: tuple[int, int, int] = DEFAULT_SHAPE, spacing_mm: tuple[float, float, float] = DEFAULT_SPACING_MM, seed: int = 0) -> Phantom:
+    """An abdomen-like volume (not a chest): soft tissue, fat, spine, liver, many bowel-gas pockets."""
+    rng = np.random.default_rng(seed)
+    spacing = tuple(float(s) for s in spacing_mm)
+    g = _geometry(shape, spacing)  # type: ignore[arg-type]
+    zz, yy, xx = _grid(shape, spacing)  # type: ignore[arg-type]
+    hu = np.full(shape, HU_AIR, np.float32)
+    rad = np.sqrt(((xx - g.cx) / g.ax) ** 2 + ((yy - g.cy) / g.ay) ** 2)
+    hu[np.broadcast_to(rad <= 1.0, shape)] = HU_FAT
+    hu[np.broadcast_to(rad <= 1.0 - 15.0 / g.ay, shape)] = 30.0
+    liver = np.broadcast_to((((xx - (g.cx - 0.4 * g.ax)) / (0.45 * g.ax)) ** 2 + ((yy - g.cy) / (0.7 * g.ay)) ** 2) <= 1.0, shape)
+    hu[liver] = 60.0
+    spine_r = np.sqrt((xx - g.cx) ** 2 + (yy - (g.cy + 0.62 * g.ay)) ** 2)
+    hu[np.broadcast_to(spine_r <= 16.0, shape)] = HU_BONE_CORTEX
+    hu[np.broadcast_to(spine_r <= 12.5, shape)] = HU_BONE_MARROW
+    # Bowel gas: pockets of 8-28 mm radius in the left and anterior abdomen (about 0.3-0.6 L in all).
+    for _ in range(14):
+        c = (rng.uniform(0.15, 0.85) * g.z_len, g.cy + rng.uniform(-0.6, 0.3) * g.ay, g.cx + rng.uniform(-0.1, 0.7) * g.ax)
+        r_mm = rng.uniform(8.0, 28.0)
+        hu[((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) <= r_mm**2] = HU_AIR
+    table_y0 = g.cy + g.ay + 10.0
+    hu[np.broadcast_to((yy >= table_y0) & (yy <= table_y0 + 18.0) & (np.abs(xx - g.cx) <= 0.9 * g.cx), shape)] = HU_TABLE
+    return _noisy(hu, rng, spacing)  # type: ignore[arg-type]
+
+
+def water_cylinder(shape: tuple[int, int, int] = (40, 128, 128), spacing_mm: tuple[float, float, float] = (2.5, 2.0, 2.0), seed: int = 0) -> Phantom:
+    """A uniform water cylinder (the QA phantom every scanner has): 0 HU inside, air around."""
+    rng = np.random.default_rng(seed)
+    spacing = tuple(float(s) for s in spacing_mm)
+    _, yy, xx = _grid(shape, spacing)  # type: ignore[arg-type]
+    cy, cx = 0.5 * (shape[1] - 1) * spacing[1], 0.5 * (shape[2] - 1) * spacing[2]
+    r = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+    hu = np.full(shape, HU_AIR, np.float32)
+    hu[np.broadcast_to(r <= 0.4 * shape[2] * spacing[2], shape)] = 0.0
+    return _noisy(hu, rng, spacing)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

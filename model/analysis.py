@@ -33,7 +33,7 @@ __all__ = ["Analysis", "MODEL_VERSION", "MEDIUM_THRESHOLD", "ZONES", "analyze", 
 
 # Bump whenever any threshold, step or formula below changes: results are
 # stored under the model version, so a stale version would mix outputs.
-MODEL_VERSION = "lungseg-0.1.0"
+MODEL_VERSION = "lungseg-0.2.0"
 
 ZONES = ("right_upper", "right_middle", "right_lower", "left_upper", "left_middle", "left_lower")
 
@@ -63,6 +63,11 @@ class _Params:
     consolidation_hu: tuple[float, float] = (-300.0, 100.0)
     vessel_open_mm: float = 3.0  # opening removes tubes thinner than about 2x this
     min_lesion_ml: float = 0.5  # about a 1 cm sphere
+    max_obliquity_deg: float = 20.0  # array axes further than this from a patient axis: oblique
+    max_gas_median_hu: float = -960.0  # "lungs" darker than this are gas (bowel, phantoms), not lung
+    pv_dense_hu: float = -300.0  # tissue side of a partial-volume edge
+    dome_mm: float = 40.0  # how high tissue standing on the diaphragm is followed up into the lung outline
+    pv_sheet_mm: tuple[float, float] = (8.0, 4.0)  # GGO this thin on the lung wall (along z, in-plane) is partial volume
 
 
 PARAMS = _Params()
@@ -120,6 +125,10 @@ def _orientation(affine: np.ndarray) -> _Orientation:
     perm = [-1, -1, -1]
     flips: list[int] = []
     wanted = {2: (0, 1.0), 1: (1, -1.0), 0: (2, -1.0)}  # RAS row -> (canonical axis, sign)
+    worst = float(np.min(np.max(np.abs(unit), axis=1)))
+    if worst < math.cos(math.radians(PARAMS.max_obliquity_deg)):
+        angle = math.degrees(math.acos(min(1.0, worst)))
+        raise VolumeError("bad_orientation", f"an array axis is {angle:.0f} degrees off every patient axis (oblique volume)")
     for a in range(3):
         ras = int(np.argmax(np.abs(unit[a])))
         c, sign = wanted[ras]
@@ -316,9 +325,12 @@ def analyze(volume: Volume, device: str | torch.device = "auto", *, high_thresho
             for _ in range(max(r_air) + 1):
                 lung_c = dilate(lung_c, tuple(min(1, r) for r in r_air)) & internal  # type: ignore[arg-type]
         lung_ml_coarse = float(lung_c.sum()) * ml_c
+        # Lung parenchyma is air plus tissue (about -850 HU); pure gas (bowel,
+        # a phantom's air pockets) has no parenchyma and is no lung.
+        gas_only = lung_ml_coarse > 0 and float(hu_c[lung_c].float().median()) < p.max_gas_median_hu
         lap("lungs")
 
-        if lung_ml_coarse < p.min_lung_ml:
+        if lung_ml_coarse < p.min_lung_ml or gas_only:
             flags.append(NOT_A_CHEST)
             labels_c = torch.zeros(full_shape, dtype=torch.uint8, device=dev)
             return _finish(volume, orient, labels_c, None, spacing, dev, timings, t_start, flags, high_threshold, hu, lap)
@@ -342,14 +354,40 @@ def analyze(volume: Volume, device: str | torch.device = "auto", *, high_thresho
         # Back on the work grid: aerated lung inside the region, plus anything
         # well inside the region (dense lesions, vessels).
         region_w = upsample(region_c, cf, work_shape)
-        inner_w = upsample(erode(region_c > 0, (0, 1, 1)), cf, work_shape)
+        # Diaphragm domes (and the heart on them): tissue enclosed in-plane by
+        # the basal lung but continuous, straight up, with the tissue below the
+        # lungs. Grown upward from there through tissue, at most dome_mm high.
+        # Seeds only in the band of the lung bases, so tissue beside a lesion
+        # on the chest wall higher up never counts as a dome.
+        tissue_c = hu_c > p.pv_dense_hu
+        n_dome = max(1, int(round(p.dome_mm / sp_c[0])))
+        z_lung = torch.nonzero(region_c.flatten(1).any(dim=1)).squeeze(1)
+        z_base = int(z_lung.min()) if z_lung.numel() else 0
+        base_band = torch.zeros_like(tissue_c)
+        base_band[: z_base + n_dome] = True
+        dome_c = tissue_c & (region_c == 0) & base_band
+        for _ in range(n_dome):
+            dome_c = dome_c | (tissue_c & _shift(dome_c, 0, 1))
+        inner_w = upsample(erode(region_c > 0, (0, 1, 1)) & ~dome_c, cf, work_shape)
         air_w = hu_w < p.air_hu
         lung_w = (region_w > 0) & (air_w | inner_w)
         # Search lesions away from the lung surface, where partial volume with
         # the chest wall looks like ground glass.
         search = erode(lung_w, (0, 1, 1))
-        ggo = search & (hu_w >= p.ggo_hu[0]) & (hu_w < p.ggo_hu[1])
-        dense = search & (hu_w >= p.consolidation_hu[0]) & (hu_w <= p.consolidation_hu[1])
+        ggo_hu = (hu_w >= p.ggo_hu[0]) & (hu_w < p.ggo_hu[1])
+        dense_hu = (hu_w >= p.consolidation_hu[0]) & (hu_w <= p.consolidation_hu[1])
+        # Partial volume: a voxel between aerated lung and tissue along any
+        # axis (the tangential cut of a diaphragm dome, the heart border, a
+        # vessel wall) has ground-glass HU without being ground glass.
+        ggo = search & ggo_hu & ~_pv_edge(hu_w < p.ggo_hu[0], hu_w > p.pv_dense_hu, ggo_hu)
+        # Ground glass lying as a thin sheet on the wall of the lung (a dome
+        # cut obliquely over several slices, the pleura in-plane) is partial
+        # volume of that wall, not disease.
+        wall = (hu_w > p.pv_dense_hu) & ~lung_w
+        runs = (max(1, int(round(p.pv_sheet_mm[0] / sp_w[0]))), max(1, int(round(p.pv_sheet_mm[1] / sp_w[1]))),
+                max(1, int(round(p.pv_sheet_mm[1] / sp_w[2]))))
+        ggo = ggo & ~_thin_sheet(ggo, wall, runs)
+        dense = search & dense_hu
         lesion = ggo | dense
         # Vessel suppression: an opening removes thin bright tubes (and the GGO-like
         # halo partial volume puts around them); a one-voxel conditional dilation
@@ -359,18 +397,78 @@ def analyze(volume: Volume, device: str | torch.device = "auto", *, high_thresho
         core_lesion = opening(lesion, r_open)
         lesion = dilate(core_lesion, (1, 1, 1)) & lesion
         lesion = _keep_large(lesion, p.min_lesion_ml / ml_w)
+        # Dense lesions touching the pleura: give back the rim the search erosion took.
+        lesion_dense = lesion & dense
+        lesion_dense = lesion_dense | (dilate(lesion_dense, (0, 1, 1)) & lung_w & dense_hu)
         labels_w = torch.zeros(work_shape, dtype=torch.uint8, device=dev)
         labels_w[lung_w] = 1
         labels_w[lesion & ggo] = 2
-        labels_w[lesion & dense] = 3
+        labels_w[lesion_dense] = 3
         lap("lesions")
 
     return _finish(volume, orient, labels_w, region_w, sp_w, dev, timings, t_start, flags, high_threshold, hu, lap, wf)
 
 
+def _shift(t: torch.Tensor, dim: int, d: int) -> torch.Tensor:
+    """``out[i] = t[i - d]`` along ``dim`` (False shifted in at the border)."""
+    n = t.shape[dim]
+    out = torch.zeros_like(t)
+    if abs(d) >= n:
+        return out
+    if d > 0:
+        out.narrow(dim, d, n - d).copy_(t.narrow(dim, 0, n - d))
+    else:
+        out.narrow(dim, 0, n + d).copy_(t.narrow(dim, -d, n + d))
+    return out
+
+
+def _pv_edge(air: torch.Tensor, tissue: torch.Tensor, mid: torch.Tensor) -> torch.Tensor:
+    """Voxels on an air-to-tissue transition one or two voxels wide, along any axis.
+
+    A voxel is an edge when air lies on one side and tissue on the opposite
+    side, directly or across one more intermediate (``mid``) voxel.
+    """
+    edge = torch.zeros_like(air)
+    for dim in range(3):
+        if air.shape[dim] < 3:
+            continue
+        for s in (1, -1):
+            a1, t1 = _shift(air, dim, s), _shift(tissue, dim, -s)  # air before, tissue after
+            edge |= a1 & t1
+            edge |= a1 & _shift(mid, dim, -s) & _shift(tissue, dim, -2 * s)
+            edge |= _shift(air, dim, 2 * s) & _shift(mid, dim, s) & t1
+    return edge
+
+
+def _thin_sheet(ggo: torch.Tensor, wall: torch.Tensor, runs: tuple[int, int, int]) -> torch.Tensor:
+    """GGO voxels in a run, along some axis, that starts at the wall and ends within ``runs[axis]`` voxels.
+
+    Along each axis and direction: voxels reachable from the wall through at
+    most ``n`` GGO voxels, of runs that stop (the next voxel is not GGO) within
+    those ``n``. Runs longer than ``n`` (a thick opacity on the wall) stay.
+    """
+    out = torch.zeros_like(ggo)
+    for dim, n in enumerate(runs):
+        if ggo.shape[dim] < 3:
+            continue
+        for s in (1, -1):
+            reach = ggo & _shift(wall, dim, s)
+            frontier = reach
+            for _ in range(n - 1):
+                frontier = ggo & _shift(frontier, dim, s) & ~reach
+                reach = reach | frontier
+            ends = reach & ~_shift(ggo, dim, -s)  # the next voxel away from the wall is not GGO
+            done = ends
+            for _ in range(n - 1):
+                done = done | (reach & _shift(done, dim, -s))
+            out |= done
+    return out
+
+
 def body_edge(body_c: torch.Tensor, sp_c: tuple[float, float, float]) -> torch.Tensor:
-    """The outer ~1 coarse voxel of the body (skin), never lung."""
-    return body_c & ~erode(body_c, (0, 1, 1))
+    """The outer ~1 coarse voxel of the body (skin), never lung; not the tissue around the lungs."""
+    filled = fill_2d(body_c)
+    return filled & ~erode(filled, (0, 1, 1))
 
 
 def _split(lung: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
@@ -426,28 +524,32 @@ def _finish(
     total_pct = 0.0
     severity = 0
     if NOT_A_CHEST not in flags and side_g is not None:
-        counts: dict[str, float] = {}
-        zs = torch.arange(labels_g.shape[0], device=dev, dtype=torch.float32)[:, None, None] * sp_g[0]
+        # One pass: per slice, voxel counts of (side, label) codes; zones and
+        # volumes are then sums over short 1-D arrays.
+        nz = labels_g.shape[0]
+        code = side_g.to(torch.int64) * 4 + labels_g.to(torch.int64)  # side 0..2, label 0..3
+        code += torch.arange(nz, device=dev, dtype=torch.int64)[:, None, None] * 12
+        per_z = torch.bincount(code.reshape(-1), minlength=nz * 12).reshape(nz, 3, 4).cpu().numpy().astype(np.float64)
+        zs = np.arange(nz, dtype=np.float64) * sp_g[0]
         for s, name in ((1, "right"), (2, "left")):
-            in_lung = (side_g == s) & (labels_g > 0)
-            n_lung = float(in_lung.sum())
+            lung_z = per_z[:, s, 1:].sum(axis=1)
+            les_z = per_z[:, s, 2:].sum(axis=1)
+            n_lung = float(lung_z.sum())
             lung_ml[name] = n_lung * ml
             if n_lung == 0:
                 continue
-            zz = zs.expand_as(in_lung)[in_lung]
-            lo, hi = float(zz.min()), float(zz.max())
+            present = np.nonzero(lung_z)[0]
+            lo, hi = float(zs[present.min()]), float(zs[present.max()])
             third = (hi - lo) / 3.0
             bounds = {"lower": (lo - 1.0, lo + third), "middle": (lo + third, lo + 2 * third), "upper": (lo + 2 * third, hi + 1.0)}
             for zone, (a, b) in bounds.items():
                 band = (zs >= a) & (zs < b) if zone != "upper" else (zs >= a) & (zs <= b)
-                zone_lung = in_lung & band
-                n = float(zone_lung.sum())
-                les = float((zone_lung & (labels_g >= 2)).sum())
-                zones[f"{name}_{zone}"] = 100.0 * les / n if n else 0.0
-            counts[name] = n_lung
+                n = float(lung_z[band].sum())
+                zones[f"{name}_{zone}"] = 100.0 * float(les_z[band].sum()) / n if n else 0.0
         lung_ml["total"] = lung_ml["left"] + lung_ml["right"]
-        lesion_ml["ggo"] = float((labels_g == 2).sum()) * ml
-        lesion_ml["consolidation"] = float((labels_g == 3).sum()) * ml
+        inside = per_z[:, 1:, :].sum(axis=(0, 1))
+        lesion_ml["ggo"] = float(inside[2]) * ml
+        lesion_ml["consolidation"] = float(inside[3]) * ml
         if lung_ml["total"] > 0:
             total_pct = 100.0 * (lesion_ml["ggo"] + lesion_ml["consolidation"]) / lung_ml["total"]
         severity = sum(_zone_grade(v) for v in zones.values())

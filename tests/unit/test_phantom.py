@@ -53,3 +53,14 @@ def test_high_preset_is_over_30_percent() -> None:
 def test_bad_opacity_kind() -> None:
     with pytest.raises(ValueError):
         Opacity("tumour", (0.0, 0.0, 0.0), 5.0)
+
+
+@pytest.mark.parametrize("name", ["head_phantom", "abdomen_phantom", "water_cylinder"])
+def test_non_chest_phantoms(name: str) -> None:
+    from ctfleet import phantom
+
+    p = getattr(phantom, name)()
+    assert p.hu.dtype == np.float32 and p.hu.ndim == 3
+    assert not p.truth.any()
+    q = getattr(phantom, name)()
+    assert np.array_equal(p.hu, q.hu)
