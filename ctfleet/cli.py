@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--model", default="default", help="analyzer name (default: the built-in lung analyzer)")
     p.add_argument("--high-threshold", type=float, default=None, help="score at which a study triages HIGH")
+    p.add_argument("--seg", action="store_true",
+                   help="also write seg.dcm, a DICOM SEG referencing the input series (DICOM input only)")
 
     p = sub.add_parser("deid", help="de-identify every series under INPUT into OUTPUT (PS3.15 basic profile)")
     p.add_argument("input", type=Path, help="folder of DICOM files (searched recursively)")
@@ -122,7 +124,8 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     report = dict(analysis.report)
     report.setdefault("timings_s", {})
     report["timings_s"] = {**report["timings_s"], "read": round(t_read - t0, 4)}
-    files = render(replace(analysis, report=report), volume, source_datasets=study.source_datasets)
+    files = render(replace(analysis, report=report), volume,
+                   source_datasets=study.source_datasets if args.seg else None)
     write(files, args.out)
     report["timings_s"]["command"] = round(time.perf_counter() - t0, 4)
     print(f"analyze: wrote {len(files)} files to {args.out}", file=sys.stderr)

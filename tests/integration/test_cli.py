@@ -137,3 +137,24 @@ def test_local_up_serves_the_page_and_stops_cleanly_on_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_analyze_writes_a_dicom_seg_on_request(tmp_path):
+    from ctfleet.phantom import from_preset
+
+    phantom = from_preset("high")
+    study = tmp_path / "study"
+    study.mkdir()
+    for i, ds in enumerate(dicom.series_to_datasets(phantom.hu, phantom.spacing_mm)):
+        (study / f"IM{i:03d}.dcm").write_bytes(dicom.dataset_to_bytes(ds))
+    proc = ctfleet("analyze", str(study), "--out", str(tmp_path / "out"), "--seg")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import highdicom as hd
+
+    seg = hd.seg.segread(str(tmp_path / "out" / "seg.dcm"))
+    labels = np.asarray(nib.load(str(tmp_path / "out" / "labels.nii.gz")).dataobj).transpose(2, 1, 0)
+    assert len(seg.SegmentSequence) == 3
+    # One frame per (segment, slice) where that label is present: empty frames are omitted.
+    expected_frames = sum(int((labels == v).any(axis=(1, 2)).sum()) for v in (1, 2, 3))
+    assert int(seg.NumberOfFrames) == expected_frames
+    assert "HIGH" in proc.stdout
