@@ -228,7 +228,9 @@ class Settings:
         return TableSpec(
             name=f"{self.stack}-studies",
             partition_key="study_key",
-            indexes=(IndexSpec("by_facility", "facility", "created_at"),),
+            # by_alert_state finds alert claims whose holder died before publishing.
+            indexes=(IndexSpec("by_facility", "facility", "created_at"),
+                     IndexSpec("by_alert_state", "alert_state", "created_at")),
             stream_view_type="NEW_AND_OLD_IMAGES",
         )
 

@@ -1,4 +1,8 @@
-"""Expire uploads that never completed: REJECTED with ``upload_incomplete``, raw objects deleted.
+"""The scheduled sweep: expire uploads that never completed, and finish alerts whose sender died.
+
+Uploads still RECEIVED after ``upload_expiry_s`` become REJECTED with
+``upload_incomplete`` and their raw objects are deleted; alert claims older than
+the lease are taken over and sent (see :mod:`dispatcher.triage`).
 
 Runs on a schedule (EventBridge on AWS, a timer thread in the local stack). An
 upload whose files stopped arriving must still end in a recorded state, and its
@@ -18,6 +22,7 @@ from ctfleet.records import ConditionFailed, Table, now, uploads_table
 
 from .api import UploadStatus, _iso
 from .ingest import delete_raw
+from .triage import Triage, retry_stale_claims
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +39,8 @@ class Sweeper:
 
 
 def handle(event: dict[str, Any], deps: Sweeper) -> dict[str, Any]:
-    return {"expired": sweep(deps, at=time.time())}
+    at = time.time()
+    return {"expired": sweep(deps, at=at), "alerts_retried": retry_stale_claims(Triage(deps.clients), at=at)}
 
 
 _DEPS: Sweeper | None = None

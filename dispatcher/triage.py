@@ -75,12 +75,12 @@ def needs_alert(image: dict[str, Any]) -> bool:
     )
 
 
-def maybe_alert(deps: Triage, image: dict[str, Any]) -> bool:
+def maybe_alert(deps: Triage, image: dict[str, Any], *, at: float | None = None) -> bool:
     """Send the study's alert if it is due and nobody else holds the claim; True if sent."""
     if not needs_alert(image):
         return False
     key = image["study_key"]
-    t = now()
+    t = now() if at is None else at
     try:
         deps.studies.update(
             key,
@@ -106,6 +106,21 @@ def maybe_alert(deps: Triage, image: dict[str, Any]) -> bool:
                         condition="#alert_state = :sending", values={":sending": AlertState.SENDING})
     log.info("alert sent", extra={"study_key": key, "facility": image["facility"]})
     return True
+
+
+def retry_stale_claims(deps: Triage, *, at: float) -> int:
+    """Send the alerts whose claim is older than the lease (its holder died before publishing).
+
+    Run on the schedule with the expiry sweep; without it such a study would
+    wait for its next stream record, which may never come.
+    """
+    index = next(i for i in deps.clients.settings.studies_table.indexes if i.name == "by_alert_state")
+    claims = deps.studies.query_index(index.name, index.partition_key, AlertState.SENDING, limit=1000)
+    sent = 0
+    for image in claims:
+        if float(image.get("alert_claimed_at", at)) < at - CLAIM_LEASE_S and maybe_alert(deps, image, at=at):
+            sent += 1
+    return sent
 
 
 def alert_message(image: dict[str, Any], api_url: str | None) -> dict[str, Any]:
