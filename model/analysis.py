@@ -26,14 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .morphology import closing, dilate, erode, fill_2d, label, opening, upsample
+from .morphology import closing, dilate, erode, fill_2d, hull_2d, label, opening, upsample
 from .volume import Volume, VolumeError
 
 __all__ = ["Analysis", "MODEL_VERSION", "MEDIUM_THRESHOLD", "ZONES", "analyze", "score_from_involvement"]
 
 # Bump whenever any threshold, step or formula below changes: results are
 # stored under the model version, so a stale version would mix outputs.
-MODEL_VERSION = "lungseg-0.2.0"
+MODEL_VERSION = "lungseg-0.3.0"
 
 ZONES = ("right_upper", "right_middle", "right_lower", "left_upper", "left_middle", "left_lower")
 
@@ -68,6 +68,7 @@ class _Params:
     pv_dense_hu: float = -300.0  # tissue side of a partial-volume edge
     dome_mm: float = 40.0  # how high tissue standing on the diaphragm is followed up into the lung outline
     pv_sheet_mm: tuple[float, float] = (8.0, 4.0)  # GGO this thin on the lung wall (along z, in-plane) is partial volume
+    cavity_slab_mm: float = 4.0  # the per-slice lung hull uses the aerated lung this far above and below
 
 
 PARAMS = _Params()
@@ -364,13 +365,29 @@ def analyze(volume: Volume, device: str | torch.device = "auto", *, high_thresho
         z_lung = torch.nonzero(region_c.flatten(1).any(dim=1)).squeeze(1)
         z_base = int(z_lung.min()) if z_lung.numel() else 0
         base_band = torch.zeros_like(tissue_c)
-        base_band[: z_base + n_dome] = True
+        base_band[: z_base + 1] = True
         dome_c = tissue_c & (region_c == 0) & base_band
-        for _ in range(n_dome):
+        for _ in range(2 * n_dome):
             dome_c = dome_c | (tissue_c & _shift(dome_c, 0, 1))
         inner_w = upsample(erode(region_c > 0, (0, 1, 1)) & ~dome_c, cf, work_shape)
+        # Pleural cavity beyond the closed outline: large consolidations
+        # (wider than the closing) fill the space between the aerated lung
+        # and the chest wall or the mediastinum. Per lung and slice, the
+        # convex hull of the aerated lung (of a thin slab, so a slice fully
+        # consolidated still has one) spans it; the chest wall is convex, so
+        # the hull stays inside it, and the concave medial side (heart,
+        # great vessels, spine) is removed by the mediastinum: per row, the
+        # span between the two lungs' medial borders.
+        cavity_c = _cavity(side_c, body_fill_c, sp_c, p)
+        # Only solid coarse voxels: a coarse voxel half air, half wall is the lung's own border.
+        cavity_c[(region_c > 0) | dome_c | body_edge(body_c, sp_c) | ~tissue_c] = 0
+        region_c = region_c.clone()
+        region_c[cavity_c > 0] = cavity_c[cavity_c > 0]
+        region_w = upsample(region_c, cf, work_shape)
+        ext_w = upsample(cavity_c > 0, cf, work_shape)
         air_w = hu_w < p.air_hu
-        lung_w = (region_w > 0) & (air_w | inner_w)
+        dense_tissue = (hu_w >= p.consolidation_hu[0]) & (hu_w <= p.consolidation_hu[1])
+        lung_w = (region_w > 0) & (air_w | inner_w | (ext_w & dense_tissue))
         # Search lesions away from the lung surface, where partial volume with
         # the chest wall looks like ground glass.
         search = erode(lung_w, (0, 1, 1))
@@ -462,6 +479,39 @@ def _thin_sheet(ggo: torch.Tensor, wall: torch.Tensor, runs: tuple[int, int, int
             for _ in range(n - 1):
                 done = done | (reach & _shift(done, dim, -s))
             out |= done
+    return out
+
+
+def _cavity(side_c: torch.Tensor, body_fill_c: torch.Tensor, sp_c: tuple[float, float, float], p: _Params) -> torch.Tensor:
+    """Side map (1 right, 2 left) of each lung's per-slice convex hull, minus the mediastinum."""
+    z, y, x = side_c.shape
+    dev = side_c.device
+    xs = torch.arange(x, device=dev, dtype=torch.float32)
+    slab = (max(0, int(round(p.cavity_slab_mm / sp_c[0]))), 0, 0)
+    right, left = side_c == 1, side_c == 2
+    # Mediastinum: per slice and row, the columns between the right lung's
+    # most medial voxel and the left lung's; a row with one lung only runs
+    # from that lung to the body's midline.
+    cols = body_fill_c.any(dim=1)  # (Z, X)
+    lo = torch.where(cols, xs, torch.full_like(xs, float(x))).amin(dim=1)
+    hi = torch.where(cols, xs, torch.full_like(xs, -1.0)).amax(dim=1)
+    mid = torch.where(cols.any(dim=1), (lo + hi) / 2.0, torch.full_like(lo, (x - 1) / 2.0))[:, None]  # (Z, 1)
+    r_max = torch.where(right, xs, torch.full_like(xs, -1.0)).amax(dim=2)  # (Z, Y)
+    l_min = torch.where(left, xs, torch.full_like(xs, float(x))).amin(dim=2)
+    has_r, has_l = r_max >= 0, l_min < x
+    r_edge = torch.where(has_r, r_max, mid.expand_as(r_max))
+    l_edge = torch.where(has_l, l_min, mid.expand_as(l_min))
+    med = (xs > r_edge[..., None]) & (xs < l_edge[..., None]) & (has_r | has_l)[..., None]
+    out = torch.zeros(side_c.shape, dtype=torch.uint8, device=dev)
+    for s, m in ((1, right), (2, left)):
+        # Aerated lung both above and below (within the slab) counts too:
+        # bridges a consolidation that fills a slice, never extends past the base or apex.
+        above, below = torch.zeros_like(m), torch.zeros_like(m)
+        for d in range(1, slab[0] + 1):
+            above |= _shift(m, 0, -d)
+            below |= _shift(m, 0, d)
+        h = hull_2d(m | (above & below), (sp_c[1], sp_c[2])) & ~med & body_fill_c
+        out[h & (out == 0)] = s
     return out
 
 

@@ -10,9 +10,11 @@ cores), and on CUDA both are memory-bound, so the shift form wins everywhere.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["dilate", "erode", "opening", "closing", "label", "fill_2d", "upsample"]
+__all__ = ["dilate", "erode", "opening", "closing", "label", "fill_2d", "hull_2d", "upsample"]
 
 
 def _dilate1(mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -160,6 +162,45 @@ def fill_2d(mask: torch.Tensor) -> torch.Tensor:
         after = torch.cummax(m.flip(dim), dim=dim).values.flip(dim).bool()
         enclosed &= before & after
     return mask | enclosed
+
+
+def hull_2d(mask: torch.Tensor, spacing_yx: tuple[float, float] = (1.0, 1.0), directions: int = 16) -> torch.Tensor:
+    """Per-slice convex hull, as the intersection of ``2 * directions`` half-planes.
+
+    For each of ``directions`` angles in ``[0, pi)`` the slice's pixels are
+    projected on that direction (in mm, so anisotropic pixels are handled);
+    a pixel is inside when its projection lies between the mask's minimum and
+    maximum along every direction. With 16 directions the polygon is within
+    about 2 % of the true hull's extent. Slices without mask stay empty.
+
+    Parameters
+    ----------
+    mask : torch.Tensor
+        bool ``(Z, Y, X)``.
+    spacing_yx : tuple of float
+        In-plane pixel size (mm) along ``(y, x)``.
+    directions : int
+        Number of projection directions.
+
+    Returns
+    -------
+    torch.Tensor
+        bool ``(Z, Y, X)``, a superset of ``mask``.
+    """
+    z, y, x = mask.shape
+    dev = mask.device
+    ys = torch.arange(y, device=dev, dtype=torch.float32)[:, None] * float(spacing_yx[0])
+    xs = torch.arange(x, device=dev, dtype=torch.float32)[None, :] * float(spacing_yx[1])
+    present = mask.flatten(1).any(dim=1)  # (Z,)
+    inside = present[:, None, None].expand(z, y, x).clone()
+    big = torch.tensor(float("inf"), device=dev)
+    for k in range(int(directions)):
+        a = math.pi * k / directions
+        proj = ys * math.sin(a) + xs * math.cos(a)  # (Y, X)
+        pm = torch.where(mask, proj, -big).flatten(1).amax(dim=1)  # (Z,)
+        pn = torch.where(mask, proj, big).flatten(1).amin(dim=1)
+        inside &= (proj[None] <= pm[:, None, None] + 1e-3) & (proj[None] >= pn[:, None, None] - 1e-3)
+    return inside | mask
 
 
 def upsample(t: torch.Tensor, factors: tuple[int, int, int], shape: tuple[int, int, int]) -> torch.Tensor:

@@ -250,3 +250,48 @@ def test_small_specks_below_min_size_ignored() -> None:
     p = chest_phantom(opacities=ops, seed=1)
     a = analyze(Volume.from_spacing(p.hu, p.spacing_mm), "cpu")
     assert (a.labels >= 2).sum() == 0
+
+
+def test_large_consolidation_counted_and_triaged(clean: tuple) -> None:
+    """Consolidations >= 50 mm (wider than the lung-outline closing) count as lung + consolidation."""
+    from ctfleet.phantom import Opacity, chest_phantom, lung_point_mm
+
+    ops = [
+        Opacity("consolidation", lung_point_mm("right", (0.45, 0.55, 0.75)), 30.0),  # on the lateral chest wall
+        Opacity("consolidation", lung_point_mm("left", (0.6, 0.6, 0.7)), 27.0),
+    ]
+    p = chest_phantom(opacities=ops, seed=0)
+    a = analyze(Volume.from_spacing(p.hu, p.spacing_mm), "cpu")
+    truth = p.truth == Labels.CONSOLIDATION
+    truth_ml = truth.sum() * p.voxel_ml
+    assert truth_ml > 150.0  # both lesions are large, even clipped to the lungs
+    pred_ml = a.report["lesion_volume_ml"]["consolidation"]
+    assert abs(pred_ml - truth_ml) <= 0.3 * truth_ml
+    assert ((a.labels == Labels.CONSOLIDATION) & truth).sum() >= 0.6 * truth.sum()
+    lung_ml = a.report["lung_volume_ml"]["total"]
+    truth_lung_ml = (p.truth > 0).sum() * p.voxel_ml
+    assert abs(lung_ml - truth_lung_ml) / truth_lung_ml < 0.1  # the consolidated lung is still lung
+    _, _, a0 = clean
+    assert a.report["score"] > a0.report["score"] + 0.2
+    assert a0.report["triage_level"] == "LOW" and a.report["triage_level"] in ("MEDIUM", "HIGH")
+
+
+def test_heart_and_mediastinum_unlabelled(clean: tuple) -> None:
+    """The clean phantom's heart, mediastinum and chest wall (all soft tissue, non-lung truth) get no label."""
+    p, v, a = clean
+    soft = (p.hu > -300) & (p.truth == 0)
+    labelled = a.labels > 0
+    # Rim voxels on the lung surface (about 18 ml of partial volume, as in 0.2.0) are tolerated.
+    assert (labelled & soft).sum() * v.voxel_ml < 25.0
+    assert (a.labels[soft] >= 2).sum() == 0
+    # Solid tissue away from the lung surface (heart, mediastinum, chest wall) in the heart's slices.
+    nz, ny, nx = p.hu.shape
+    core = np.zeros_like(soft)
+    core[int(0.25 * nz) : int(0.4 * nz), :, :] = True
+    import torch
+
+    from model.morphology import erode
+
+    solid = erode(torch.from_numpy(soft), (1, 3, 3)).numpy()  # at least ~6 mm from any lung surface
+    core &= solid
+    assert core.sum() > 1000 and not (labelled & core).any()
