@@ -213,6 +213,25 @@ class Component:
         return self.x1 - self.x0 + 1
 
 
+class _DisjointSets:
+    """Union-find over ``0..n-1`` with path halving; a root is its set's smallest member."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
 def components(mask: np.ndarray, max_runs: int = 200_000) -> list[Component]:
     """8-connected components of a boolean image, by run-length union-find.
 
@@ -236,14 +255,7 @@ def components(mask: np.ndarray, max_runs: int = 200_000) -> list[Component]:
     n = len(run_rows)
     if n == 0 or n > max_runs:
         return []
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    sets = _DisjointSets(n)
     row_first = np.searchsorted(run_rows, np.arange(rows_n + 1))
     rr, ss, ee = run_rows.tolist(), run_starts.tolist(), run_ends.tolist()
     for y in range(rows_n - 1):
@@ -252,15 +264,13 @@ def components(mask: np.ndarray, max_runs: int = 200_000) -> list[Component]:
         while a < a_end and b < b_end:
             # 8-connectivity: runs touch when they overlap or meet at a corner.
             if ss[a] <= ee[b] and ss[b] <= ee[a]:
-                ra, rb = find(a), find(b)
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
+                sets.union(a, b)
             if ee[a] < ee[b]:
                 a += 1
             else:
                 b += 1
     del rr
-    roots = np.fromiter((find(i) for i in range(n)), dtype=np.int64, count=n)
+    roots = np.fromiter((sets.find(i) for i in range(n)), dtype=np.int64, count=n)
     # Pixels that survive one 3x3 erosion, counted per run with a row-wise cumulative sum.
     eroded = mask.copy()
     eroded[0, :] = eroded[-1, :] = False
@@ -360,23 +370,16 @@ def find_text_lines(hu: np.ndarray) -> list[TextLine]:
         return []
     glyphs.sort(key=lambda c: c.x0)
     n = len(glyphs)
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    sets = _DisjointSets(n)
     for i in range(n):
         for j in range(i + 1, n):
             if glyphs[j].x0 - glyphs[i].x1 - 1 > 1.2 * GLYPH_MAX_PX:
                 break  # sorted by x0: nothing further can be near
             if _neighbours(glyphs[i], glyphs[j]):
-                parent[find(j)] = find(i)
+                sets.union(i, j)
     groups: dict[int, list[Component]] = {}
     for i in range(n):
-        groups.setdefault(find(i), []).append(glyphs[i])
+        groups.setdefault(sets.find(i), []).append(glyphs[i])
     lines = []
     body: np.ndarray | None = None
     for members in groups.values():

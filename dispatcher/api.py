@@ -19,12 +19,11 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ctfleet.aws import Clients, list_sizes
+from ctfleet.aws import list_sizes
 from ctfleet.contracts import (
     Manifest,
     ManifestFile,
@@ -39,8 +38,8 @@ from ctfleet.contracts import (
     raw_prefix,
 )
 from ctfleet.errors import BadInput
-from ctfleet.records import ConditionFailed, Table, now, studies_table, uploads_table
-from ctfleet.settings import Settings
+from ctfleet.records import ConditionFailed, now
+from .deps import HandlerDeps
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +58,8 @@ class UploadStatus:
     FINAL = frozenset({QUEUED, REJECTED, FAILED})
 
 
-@dataclass
-class Api:
-    clients: Clients
-
-    @property
-    def settings(self) -> Settings:
-        return self.clients.settings
-
-    @property
-    def uploads(self) -> Table:
-        return uploads_table(self.clients)
-
-    @property
-    def studies(self) -> Table:
-        return studies_table(self.clients)
+class Api(HandlerDeps):
+    """The API function's dependencies."""
 
 
 def response(status: int, body: Any) -> dict[str, Any]:

@@ -37,10 +37,10 @@ from ctfleet.contracts import (
 )
 from ctfleet.study import PreparedStudy, prepare_study
 from ctfleet.errors import BadInput
-from ctfleet.records import ConditionFailed, Table, now, studies_table, uploads_table
-from ctfleet.settings import Settings
+from ctfleet.records import ConditionFailed, now
 
 from .api import PROMISED, UploadStatus, _iso
+from .deps import HandlerDeps
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +49,13 @@ _POOL = 8
 
 
 @dataclass
-class Ingest:
-    clients: Clients
+class Ingest(HandlerDeps):
+    """The ingest function's dependencies: the clients and the facility secrets (cached)."""
+
     secrets: FacilitySecrets = field(init=False)
 
     def __post_init__(self) -> None:
         self.secrets = FacilitySecrets(self.clients)
-
-    @property
-    def settings(self) -> Settings:
-        return self.clients.settings
-
-    @property
-    def uploads(self) -> Table:
-        return uploads_table(self.clients)
-
-    @property
-    def studies(self) -> Table:
-        return studies_table(self.clients)
 
 
 def handle(event: dict[str, Any], deps: Ingest) -> dict[str, Any]:

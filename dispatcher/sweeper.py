@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from ctfleet.aws import Clients
 from ctfleet.contracts import Reason
-from ctfleet.records import ConditionFailed, Table, now, uploads_table
+from ctfleet.records import ConditionFailed, now
 
 from .api import UploadStatus, _iso
+from .deps import HandlerDeps
 from .ingest import delete_raw
 from .triage import Triage, retry_stale_claims
 
@@ -29,13 +28,8 @@ log = logging.getLogger(__name__)
 BATCH = 500
 
 
-@dataclass
-class Sweeper:
-    clients: Clients
-
-    @property
-    def uploads(self) -> Table:
-        return uploads_table(self.clients)
+class Sweeper(HandlerDeps):
+    """The scheduled sweep's dependencies."""
 
 
 def handle(event: dict[str, Any], deps: Sweeper) -> dict[str, Any]:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from ctfleet.aws import Clients
 from ctfleet.contracts import Status
-from ctfleet.records import ConditionFailed, Table, deserialize, now, studies_table
+from ctfleet.records import ConditionFailed, deserialize, now
+
+from .deps import HandlerDeps
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,8 @@ class AlertState:
     SENT = "SENT"
 
 
-@dataclass
-class Triage:
-    clients: Clients
-
-    @property
-    def studies(self) -> Table:
-        return studies_table(self.clients)
+class Triage(HandlerDeps):
+    """The triage function's dependencies."""
 
 
 def handle(event: dict[str, Any], deps: Triage) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .morphology import closing, dilate, erode, fill_2d, hull_2d, label, opening, upsample
+from .timing import Stopwatch
 from .volume import Volume, VolumeError
 
 __all__ = ["Analysis", "MODEL_VERSION", "MEDIUM_THRESHOLD", "ZONES", "analyze", "score_from_involvement"]
@@ -254,18 +255,10 @@ def analyze(volume: Volume, device: str | torch.device = "auto", *, high_thresho
         that cannot be a chest CT at all.
     """
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    clock = [t_start]
-
-    def lap(name: str) -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        now = time.perf_counter()
-        timings[name] = round(now - clock[0], 4)
-        clock[0] = now
-
     _check(volume)
     dev = _device(device)
+    watch = Stopwatch(dev, start=t_start)
+    timings, lap = watch.timings, watch.lap
     p = PARAMS
     orient = _orientation(volume.affine)
     spacing = tuple(volume.spacing_mm[a] for a in orient.perm)  # canonical (z, y, x) mm

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from . import analysis as _an
 from .analysis import Analysis
 from .registry import ModelError, resolve_device
+from .timing import Stopwatch
 from .volume import Volume
 
 __all__ = ["ModelConfig", "ScriptedAnalyzer", "analysis_from_labels", "file_sha256", "load", "locate", "parse_config"]
@@ -557,16 +558,9 @@ class ScriptedAnalyzer:
             if resolve_device(device) != self.device:
                 raise ModelError("device_mismatch", f"this analyzer was loaded on {self.device}, not {device}")
         t_start = time.perf_counter()
-        timings: dict[str, float] = {}
-        clock = [t_start]
         dev = self.device
-
-        def lap(name: str) -> None:
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            now = time.perf_counter()
-            timings[name] = round(now - clock[0], 4)
-            clock[0] = now
+        watch = Stopwatch(dev, start=t_start)
+        timings, lap = watch.timings, watch.lap
 
         _an._check(volume)
         orient = _an._orientation(volume.affine)

@@ -22,7 +22,7 @@ import model
 from ctfleet.phantom import from_preset
 from model import Volume
 from model.registry import ModelError, clear_cache, get, register
-from model.scripted import analysis_from_labels, file_sha256, load
+from model.scripted import analysis_from_labels, file_sha256
 
 CLASSES = {"0": "background", "1": "lung", "2": "ggo", "3": "consolidation"}
 REPORT_KEYS = {
