@@ -156,6 +156,16 @@ def _from_canonical(t: torch.Tensor, o: _Orientation) -> torch.Tensor:
     return t.permute(*inverse)
 
 
+def _finite_hu(hu: np.ndarray) -> torch.Tensor:
+    """The volume as a tensor, NaN and infinities replaced; no copy when it is already finite."""
+    t = torch.from_numpy(hu) if hu.flags.writeable else None
+    # NaN or an infinity anywhere makes the sum NaN or infinite (a finite sum
+    # proves all values finite; an overflowing one merely takes the slow path).
+    if t is not None and math.isfinite(float(t.sum())):
+        return t
+    return torch.from_numpy(np.nan_to_num(hu, nan=-1000.0, posinf=3000.0, neginf=-1024.0))
+
+
 def _factors(spacing: tuple[float, float, float], target_mm: float) -> tuple[int, int, int]:
     f = [max(1, int(math.floor(target_mm / s + 0.5))) for s in spacing]
     return (f[0], f[1], f[2])
@@ -168,7 +178,21 @@ def _pool(t: torch.Tensor, factors: tuple[int, int, int]) -> torch.Tensor:
     z, y, x = (s // f * f for s, f in zip(t.shape, factors))
     z, y, x = max(z, factors[0]), max(y, factors[1]), max(x, factors[2])
     t = t[:z, :y, :x]
-    return F.avg_pool3d(t[None, None], factors, factors)[0, 0]
+    fz, fy, fx = factors
+    if t.device.type != "cpu" or t.dtype != torch.float32 or z < fz or y < fy or x < fx or t.shape != (z, y, x):
+        return F.avg_pool3d(t[None, None], factors, factors)[0, 0]
+    # avg_pool3d's CPU kernel sums each block in (z, y, x) order in float32 and
+    # divides by the block size; the same sums as strided adds are ~3x faster
+    # and bit-identical.
+    blocks = t.reshape(z // fz, fz, y // fy, fy, x // fx, fx)
+    acc: torch.Tensor | None = None
+    for a in range(fz):
+        for b in range(fy):
+            for c in range(fx):
+                part = blocks[:, a, :, b, :, c]
+                acc = part.clone() if acc is None else acc.add_(part)
+    assert acc is not None
+    return acc.div_(fz * fy * fx)
 
 
 def _radius(mm: float, spacing: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -266,7 +290,7 @@ def analyze(volume: Volume, device: str | torch.device = "auto", *, high_thresho
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
 
     with torch.inference_mode():
-        hu_in = torch.from_numpy(np.nan_to_num(volume.hu, nan=-1000.0, posinf=3000.0, neginf=-1024.0))
+        hu_in = _finite_hu(volume.hu)
         hu = _to_canonical(hu_in.to(dev, dtype=dtype, non_blocking=True), orient)
         full_shape = (hu.shape[0], hu.shape[1], hu.shape[2])
         wf = _factors(spacing, p.work_mm)  # type: ignore[arg-type]
@@ -439,14 +463,28 @@ def _pv_edge(air: torch.Tensor, tissue: torch.Tensor, mid: torch.Tensor) -> torc
     side, directly or across one more intermediate (``mid``) voxel.
     """
     edge = torch.zeros_like(air)
+
+    def term(dim: int, parts: tuple[tuple[torch.Tensor, int], ...]) -> None:
+        # edge[i] |= AND of t[i + off] over parts, where every i + off is inside
+        # the volume (outside counts as False, as with _shift); on views, no copies.
+        n = edge.shape[dim]
+        offs = [off for _, off in parts]
+        lo, hi = max(0, -min(offs)), min(n, n - max(offs))
+        if hi <= lo:
+            return
+        acc = parts[0][0].narrow(dim, lo + parts[0][1], hi - lo) & parts[1][0].narrow(dim, lo + parts[1][1], hi - lo)
+        for t, off in parts[2:]:
+            acc &= t.narrow(dim, lo + off, hi - lo)
+        edge.narrow(dim, lo, hi - lo).logical_or_(acc)
+
     for dim in range(3):
         if air.shape[dim] < 3:
             continue
         for s in (1, -1):
-            a1, t1 = _shift(air, dim, s), _shift(tissue, dim, -s)  # air before, tissue after
-            edge |= a1 & t1
-            edge |= a1 & _shift(mid, dim, -s) & _shift(tissue, dim, -2 * s)
-            edge |= _shift(air, dim, 2 * s) & _shift(mid, dim, s) & t1
+            # air before, tissue after (directly or across one mid voxel)
+            term(dim, ((air, -s), (tissue, s)))
+            term(dim, ((air, -s), (mid, s), (tissue, 2 * s)))
+            term(dim, ((air, -2 * s), (mid, -s), (tissue, s)))
     return edge
 
 
@@ -601,7 +639,9 @@ def _finish(
     with torch.inference_mode():
         full_shape = (hu.shape[0], hu.shape[1], hu.shape[2])
         labels_full = upsample(labels_g, factors, full_shape) if labels_g.shape != hu.shape else labels_g
-        overlays = render_overlays(hu, labels_full, tuple(volume.spacing_mm[a] for a in orient.perm), orient)  # type: ignore[arg-type]
+        exact = all(n * f <= s for n, f, s in zip(labels_g.shape, factors, full_shape))  # padded, never cropped
+        grid = (labels_g, factors) if labels_g.shape != hu.shape and exact else None
+        overlays = render_overlays(hu, labels_full, tuple(volume.spacing_mm[a] for a in orient.perm), orient, grid)  # type: ignore[arg-type]
         lap("overlays")
         labels_np = _from_canonical(labels_full, orient).contiguous().cpu().numpy()
         lap("upsample")

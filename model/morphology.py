@@ -90,6 +90,29 @@ def label(mask: torch.Tensor, max_iter: int = 200) -> tuple[torch.Tensor, torch.
     """
     shape = mask.shape
     device = mask.device
+    if mask.dim() == 3 and mask.numel() > 0:
+        # Work on the mask's bounding box: cropping keeps the C order of the
+        # foreground voxels, so the components and their numbering are the same.
+        spans = []
+        for dim in range(3):
+            other = tuple(d for d in range(3) if d != dim)
+            hit = torch.nonzero(mask.any(dim=other[1]).any(dim=other[0])).squeeze(1)
+            spans.append((int(hit.min()), int(hit.max()) + 1) if hit.numel() else (0, 0))
+        if spans[0][1] == 0:
+            return torch.zeros(shape, dtype=torch.int64, device=device), torch.tensor([mask.numel()], dtype=torch.int64, device=device)
+        if any(hi - lo < n for (lo, hi), n in zip(spans, shape)):
+            (z0, z1), (y0, y1), (x0, x1) = spans
+            sub, sub_sizes = _label_flat(mask[z0:z1, y0:y1, x0:x1].contiguous(), max_iter)
+            out3 = torch.zeros(shape, dtype=torch.int64, device=device)
+            out3[z0:z1, y0:y1, x0:x1] = sub
+            sub_sizes[0] += mask.numel() - sub.numel()
+            return out3, sub_sizes
+    return _label_flat(mask, max_iter)
+
+
+def _label_flat(mask: torch.Tensor, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = mask.shape
+    device = mask.device
     flat = mask.reshape(-1)
     idx = torch.nonzero(flat).squeeze(1)
     m = idx.numel()
@@ -155,12 +178,19 @@ def fill_2d(mask: torch.Tensor) -> torch.Tensor:
     torch.Tensor
         bool ``(Z, Y, X)``, a superset of ``mask``.
     """
-    m = mask.to(torch.uint8)
-    enclosed = torch.ones_like(mask)
+    # "Some mask pixel at or before / at or after" along a line is "between the
+    # line's first and last mask pixel": two reductions instead of cumulative scans.
+    enclosed: torch.Tensor | None = None
     for dim in (1, 2):
-        before = torch.cummax(m, dim=dim).values.bool()
-        after = torch.cummax(m.flip(dim), dim=dim).values.flip(dim).bool()
-        enclosed &= before & after
+        n = mask.shape[dim]
+        shape = [1, 1, 1]
+        shape[dim] = n
+        idx = torch.arange(n, device=mask.device, dtype=torch.int32).view(shape)
+        first = torch.where(mask, idx, n).amin(dim=dim, keepdim=True)
+        last = torch.where(mask, idx, -1).amax(dim=dim, keepdim=True)
+        between = (idx >= first) & (idx <= last)
+        enclosed = between if enclosed is None else enclosed & between
+    assert enclosed is not None
     return mask | enclosed
 
 
@@ -216,16 +246,14 @@ def upsample(t: torch.Tensor, factors: tuple[int, int, int], shape: tuple[int, i
         Target ``(Z, Y, X)``; the remainder left by cropping before a
         downsample is padded with zeros (it lies at the edge of the field of view).
     """
-    for dim, f in enumerate(factors):
-        if f > 1:
-            t = torch.repeat_interleave(t, int(f), dim=dim)
-    pad: list[int] = []
-    for dim in (2, 1, 0):
-        pad += [0, max(0, shape[dim] - t.shape[dim])]
+    fz, fy, fx = (int(f) for f in factors)
+    if (fz, fy, fx) != (1, 1, 1):
+        # One strided copy instead of a repeat_interleave pass per axis.
+        z, y, x = t.shape
+        t = t[:, None, :, None, :, None].expand(z, fz, y, fy, x, fx).reshape(z * fz, y * fy, x * fx)
     t = t[: shape[0], : shape[1], : shape[2]]
-    if any(pad):
-        if t.dtype == torch.bool:
-            t = torch.nn.functional.pad(t.to(torch.uint8), pad).bool()
-        else:
-            t = torch.nn.functional.pad(t, pad)
+    if tuple(t.shape) != tuple(shape):
+        out = torch.zeros(tuple(shape), dtype=t.dtype, device=t.device)
+        out[: t.shape[0], : t.shape[1], : t.shape[2]] = t
+        t = out
     return t

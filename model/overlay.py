@@ -99,8 +99,20 @@ def _resample(hu: torch.Tensor, labels: torch.Tensor, size: tuple[int, int]) -> 
     return hu.float().cpu().numpy(), labels.cpu().numpy()
 
 
+def _expand_counts(counts: torch.Tensor, factor: int, n: int) -> torch.Tensor:
+    """Per-index counts of a grid upsampled by ``factor`` along that axis, cropped or zero padded to ``n``."""
+    counts = torch.repeat_interleave(counts, factor)[:n]
+    if counts.numel() < n:
+        counts = torch.cat([counts, counts.new_zeros(n - counts.numel())])
+    return counts
+
+
 def render_overlays(
-    hu: torch.Tensor, labels: torch.Tensor, spacing_mm: tuple[float, float, float], orient: Any
+    hu: torch.Tensor,
+    labels: torch.Tensor,
+    spacing_mm: tuple[float, float, float],
+    orient: Any,
+    grid: tuple[torch.Tensor, tuple[int, int, int]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Axial key slices and a coronal overview.
 
@@ -114,6 +126,10 @@ def render_overlays(
         Canonical ``(z, y, x)`` spacing in mm.
     orient : model.analysis._Orientation
         Used to name axial slices by their index in the input array.
+    grid : (torch.Tensor, tuple of int), optional
+        The labels on the grid ``labels`` was upsampled from (by voxel
+        repetition, zero padded) and the factors; per-slice counts are then
+        taken there, exactly, instead of over the full volume.
 
     Returns
     -------
@@ -125,8 +141,17 @@ def render_overlays(
     sz, sy, sx = spacing_mm
     pix = min(sy, sx)
     in_plane = (max(1, int(round(ny * sy / pix))), max(1, int(round(nx * sx / pix))))
-    lung_z = labels.gt(0).sum(dim=(1, 2))
-    lesion_z = labels.ge(2).sum(dim=(1, 2))
+    if grid is not None:
+        lab_g, factors = grid
+        fz, fy, fx = (int(f) for f in factors)
+        lung_g = lab_g.gt(0)
+        lung_z = _expand_counts(lung_g.sum(dim=(1, 2)) * (fy * fx), fz, nz)
+        lesion_z = _expand_counts(lab_g.ge(2).sum(dim=(1, 2)) * (fy * fx), fz, nz)
+        lung_y = _expand_counts(lung_g.sum(dim=(0, 2)) * (fz * fx), fy, ny)
+    else:
+        lung_z = labels.gt(0).sum(dim=(1, 2))
+        lesion_z = labels.ge(2).sum(dim=(1, 2))
+        lung_y = labels.gt(0).sum(dim=(0, 2))
     picks: list[int] = []
     if bool(lesion_z.any()):
         picks.append(int(torch.argmax(lesion_z)))
@@ -144,7 +169,6 @@ def render_overlays(
         out[f"axial_{index:03d}"] = _compose(h, lab)
 
     # Coronal through the lungs' anterior-posterior middle (or the volume's).
-    lung_y = labels.gt(0).sum(dim=(0, 2))
     if bool(lung_y.any()):
         ys = torch.nonzero(lung_y).squeeze(1)
         y = int((ys.min() + ys.max()) // 2)
