@@ -60,12 +60,12 @@ def unpack_real_ct(archive: Path, cache: Path) -> Path:
 def make_400_slice_study(real: Path, out: Path) -> Path:
     """The real CT resampled along z to 400 slices (linear), written as a DICOM series."""
     from . import dicom
+    from .pipeline import load_study
 
     if len(list(out.glob("*.dcm"))) == 400:
         return out
     out.mkdir(parents=True, exist_ok=True)
-    volume = dicom.volume_from_series(
-        list(dicom.choose_series(dicom.group_series([dicom.read_dataset(p.read_bytes()) for p in sorted(real.glob("*.dcm"))])).datasets))
+    volume = load_study(real).volume
     z = volume.shape[0]
     positions = np.linspace(0, z - 1, 400)
     lo = np.floor(positions).astype(int)

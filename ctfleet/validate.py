@@ -393,7 +393,7 @@ def _spec_set(rng: np.random.Generator, n_cases: int, scale: float = 1.0) -> lis
 
 
 def _load_real_ct(cache: Path) -> tuple[np.ndarray, tuple[float, float, float]] | None:
-    from . import dicom
+    from .pipeline import load_study
 
     series = cache / "ct00" / "00"
     if len(list(series.glob("*.dcm"))) != 141:
@@ -402,8 +402,7 @@ def _load_real_ct(cache: Path) -> tuple[np.ndarray, tuple[float, float, float]] 
         (cache / "ct00").mkdir(parents=True, exist_ok=True)
         with tarfile.open(REAL_CT_ARCHIVE) as tar:
             tar.extractall(cache / "ct00", filter="data")
-    files = sorted(series.glob("*.dcm"))
-    vol = dicom.volume_from_series(list(dicom.choose_series(dicom.group_series([dicom.read_dataset(p.read_bytes()) for p in files])).datasets))
+    vol = load_study(series).volume
     from model.analysis import _orientation, _to_canonical  # the analyzer's own canonical view
 
     o = _orientation(vol.affine)

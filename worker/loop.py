@@ -147,10 +147,10 @@ class Worker:
         """Run one job to a final record state; raises to have SQS redeliver it."""
         t_start = time.perf_counter()
         claimed = self._claim(job)
-        if claimed is not None:
+        if isinstance(claimed, JobOutcome):
             return claimed
         try:
-            return self._analyse(job, t_start)
+            return self._analyse(job, t_start, claimed)
         except BadInput as exc:
             self._final(job, Status.REJECTED, reason=exc.reason, detail=exc.detail)
             return JobOutcome(Status.REJECTED, job.study_key, exc.reason)
@@ -164,10 +164,10 @@ class Worker:
                 return JobOutcome(Status.FAILED, job.study_key, Reason.ANALYSIS_FAILED)
             raise
 
-    def _claim(self, job: JobMessage) -> JobOutcome | None:
-        """Mark the study PROCESSING; an outcome if there is nothing to do."""
+    def _claim(self, job: JobMessage) -> JobOutcome | dict[str, Any]:
+        """Mark the study PROCESSING and return its record; an outcome if there is nothing to do."""
         try:
-            self.studies.update(
+            return self.studies.update(
                 job.study_key,
                 {
                     "status": Status.PROCESSING,
@@ -180,14 +180,13 @@ class Worker:
                 condition="#job_id = :job AND #status IN (:queued, :processing)",
                 values={":job": job.job_id, ":queued": Status.QUEUED, ":processing": Status.PROCESSING},
             )
-            return None
         except ConditionFailed:
             record = self.studies.get(job.study_key) or {}
             status = str(record.get("status", "MISSING"))
             log.info("job already settled; dropping it", extra={"study_key": job.study_key, "status": status})
             return JobOutcome(status, job.study_key, "duplicate_job")
 
-    def _analyse(self, job: JobMessage, t_start: float) -> JobOutcome:
+    def _analyse(self, job: JobMessage, t_start: float, record: dict[str, Any]) -> JobOutcome:
         s = self.settings
         s3 = self.clients.s3
         timings: dict[str, float] = {}
@@ -253,7 +252,7 @@ class Worker:
                     "gpu_seconds": round(gpu_seconds, 3),
                     "cost_usd": round(gpu_seconds / 3600.0 * s.gpu_price_per_hour, 6),
                     "price_per_hour_usd": s.gpu_price_per_hour,
-                    "timings_s": {**_ingest_timings(self.studies.get(job.study_key)),
+                    "timings_s": {**_ingest_timings(record),
                                   **{f"worker_{k}": round(v, 4) for k, v in timings.items()},
                                   **{f"model_{k}": v for k, v in report.get("timings_s", {}).items()}},
                 },

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctfleet import dicom
+from ctfleet.pipeline import load_study
 from ctfleet.validate import Lesion, insert_lesions, reference_sides
 from model.analysis import analyze
 from model.volume import Volume
@@ -18,8 +18,7 @@ from model.volume import Volume
 
 @pytest.fixture(scope="module")
 def volume(real_ct_dir: Path) -> Volume:
-    files = sorted(real_ct_dir.glob("*.dcm"))
-    return dicom.volume_from_series(list(dicom.choose_series(dicom.group_series([dicom.read_dataset(p.read_bytes()) for p in files])).datasets))
+    return load_study(real_ct_dir).volume
 
 
 @pytest.fixture(scope="module")
