@@ -43,11 +43,11 @@ test-integration: setup
 
 # Speed as ratios to pydicom's own read time, measured in the same run (not part of `make test`).
 bench: setup
-	$(BIN)/python -m ctfleet.bench --out docs/benchmarks.md
+	$(BIN)/python -m ctfleet.dev.bench --out docs/benchmarks.md
 
 # Synthetic lesions of known size inserted into the real CT and phantoms; writes docs/validation.md.
 validate: setup
-	$(BIN)/python -m ctfleet.validate --out docs/validation.md
+	$(BIN)/python -m ctfleet.dev.validate --out docs/validation.md
 
 # Refresh the exact pins of every installed package after changing pyproject.toml.
 lock: setup

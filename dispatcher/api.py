@@ -23,7 +23,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ctfleet.aws import list_sizes
+from ctfleet.aws.clients import list_sizes
 from ctfleet.contracts import (
     Manifest,
     ManifestFile,
@@ -38,7 +38,7 @@ from ctfleet.contracts import (
     raw_prefix,
 )
 from ctfleet.errors import BadInput
-from ctfleet.records import ConditionFailed, now
+from ctfleet.aws.records import ConditionFailed, now
 from .deps import HandlerDeps
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ctfleet.aws import Clients
-from ctfleet.records import Table, studies_table, uploads_table
+from ctfleet.aws.clients import Clients
+from ctfleet.aws.records import Table, studies_table, uploads_table
 from ctfleet.settings import Settings
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
-from ctfleet.aws import Clients, FacilitySecrets, list_sizes
+from ctfleet.aws.clients import Clients, FacilitySecrets, list_sizes
 from ctfleet.contracts import (
     JobMessage,
     Manifest,
@@ -35,9 +35,9 @@ from ctfleet.contracts import (
     raw_prefix,
     study_prefix,
 )
-from ctfleet.study import PreparedStudy, prepare_study
+from ctfleet.intake.prepare import PreparedStudy, prepare_study
 from ctfleet.errors import BadInput
-from ctfleet.records import ConditionFailed, now
+from ctfleet.aws.records import ConditionFailed, now
 
 from .api import PROMISED, UploadStatus, _iso
 from .deps import HandlerDeps
@@ -181,9 +181,9 @@ def _ingest(deps: Ingest, facility: str, upload_id: str) -> str:
         series=study.series_id,
         object_keys=tuple(object_keys),
         slice_count=len(object_keys),
-        bytes=sum(len(b) for b in study.files),
+        size_bytes=sum(len(b) for b in study.files),
         priority=manifest.priority,
-        model_version=s.model,
+        model=s.model,
     )
     timings = {"download": t_download - t0, **study.timings_s, "write": t_write - t_prepared}
     to_send = _record_study(deps, job, upload_id, timings, study)
@@ -212,11 +212,11 @@ def _record_study(deps: Ingest, job: JobMessage, upload_id: str, timings: dict[s
         "priority": job.priority,
         "series": job.series,
         "slices": job.slice_count,
-        "bytes": job.bytes,
+        "bytes": job.size_bytes,
         "series_found": study.series_found,
         "files_skipped": study.files_skipped,
         "series_choice": study.choice,
-        "model": job.model_version,
+        "model": job.model,
         "created_at": _iso(t),
         "received_at": t,
         "queued_at": t,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from ctfleet.aws import Clients
+from ctfleet.aws.clients import Clients
 from ctfleet.logs import configure_logging
 from ctfleet.settings import Settings
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ctfleet.contracts import JobMessage, Reason, Status, parse_raw_key
 from ctfleet.errors import BadInput
-from ctfleet.records import ConditionFailed, now
+from ctfleet.aws.records import ConditionFailed, now
 
 from .api import UploadStatus, _iso
 from .deps import HandlerDeps

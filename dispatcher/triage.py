@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from ctfleet.contracts import Status
-from ctfleet.records import ConditionFailed, deserialize, now
+from ctfleet.aws.records import ConditionFailed, deserialize, now
 
 from .deps import HandlerDeps
 

@@ -1,7 +1,7 @@
 """A DICOM corpus with PHI planted everywhere PS3.15 Annex E looks, for leak tests.
 
 :func:`phi_corpus` writes one synthetic chest CT series (the phantom, through
-:func:`ctfleet.dicom.series_to_datasets`) whose headers carry a distinct,
+:func:`ctfleet.intake.dicom.series_to_datasets`) whose headers carry a distinct,
 long, unmistakable value in:
 
 - at least one attribute of every Table E.1-1 action category (``D``, ``Z``,
@@ -18,7 +18,7 @@ long, unmistakable value in:
 - the file meta (Source/Sending/Receiving AE titles, private information);
 - optionally the file names (a folder named after the patient).
 
-Every planted DA/DT lies in one year (1987) and :mod:`ctfleet.deid` shifts dates
+Every planted DA/DT lies in one year (1987) and :mod:`ctfleet.intake.deid` shifts dates
 back by at least 365 days, so a shifted date can never equal a planted one:
 no planted value may appear verbatim in any de-identified output. Times carry
 six-digit fractions so they cannot occur by chance inside a ``2.25.`` UID.
@@ -42,8 +42,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from ctfleet.dicom import dataset_to_bytes, series_to_datasets
-from ctfleet.phantom import chest_phantom
+from ctfleet.intake.dicom import dataset_to_bytes, series_to_datasets
+from ctfleet.dev.phantom import chest_phantom
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -344,8 +344,8 @@ def phi_corpus(
     -------
     files : list of (str, bytes)
         Relative file name and Part 10 bytes, one per slice; a valid CT series
-        that :func:`ctfleet.dicom.choose_series` accepts and whose pixels pass
-        :func:`ctfleet.pixels.check_series`.
+        that :func:`ctfleet.intake.dicom.choose_series` accepts and whose pixels pass
+        :func:`ctfleet.intake.pixels.check_series`.
     planted : list of bytes
         Every planted value that must not appear in any de-identified output,
         distinct, each at least 8 bytes long.

@@ -21,12 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ctfleet import dicom
-from ctfleet.aws import Clients
+from ctfleet.intake import dicom
+from ctfleet.aws.clients import Clients
 from ctfleet.contracts import JobMessage, Reason, Status, results_prefix
 from ctfleet.errors import BadInput, Interrupted
-from ctfleet.imds import Imds
-from ctfleet.records import ConditionFailed, Table, now, studies_table
+from ctfleet.aws.imds import Imds
+from ctfleet.aws.records import ConditionFailed, Table, now, studies_table
 from ctfleet.settings import Settings
 from model.registry import ModelError
 from model.volume import VolumeError
@@ -318,8 +318,8 @@ def main(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float 
     """``ctfleet worker``: load the model once, then process jobs until told to stop."""
     import torch
 
-    from ctfleet.models import resolve
-    from ctfleet.outputs import render
+    from ctfleet.aws.model_store import resolve
+    from ctfleet.results.files import render
 
     clients = Clients(settings)
     imds = Imds(settings.imds_endpoint)

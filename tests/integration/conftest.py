@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ctfleet.local import LocalStack
+from ctfleet.local.stack import LocalStack
 from ctfleet.settings import Settings
-from ctfleet.upload import ApiClient
+from ctfleet.cli.client import ApiClient
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ctfleet.records import now, studies_table
+from ctfleet.aws.records import now, studies_table
 from dispatcher.triage import CLAIM_LEASE_S, Triage, retry_stale_claims
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from ctfleet import dicom
+from ctfleet.intake import dicom
 from ctfleet.errors import BadInput
 
 pytestmark = pytest.mark.integration

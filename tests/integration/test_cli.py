@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctfleet import dicom
-from ctfleet.pipeline import load_study
+from ctfleet.intake import dicom
+from ctfleet.intake.files import load_study
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +140,7 @@ def test_local_up_serves_the_page_and_stops_cleanly_on_sigterm():
 
 
 def test_analyze_writes_a_dicom_seg_on_request(tmp_path):
-    from ctfleet.phantom import from_preset
+    from ctfleet.dev.phantom import from_preset
 
     phantom = from_preset("high")
     study = tmp_path / "study"

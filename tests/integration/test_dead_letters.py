@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ctfleet.contracts import JobMessage
-from ctfleet.records import now, studies_table, uploads_table
+from ctfleet.aws.records import now, studies_table, uploads_table
 from dispatcher.sweeper import Sweeper, settle_dead_letters
 
 pytestmark = pytest.mark.integration
@@ -16,8 +16,8 @@ pytestmark = pytest.mark.integration
 def test_a_dead_job_marks_its_study_failed(stack):
     key = "dead" * 6
     job = JobMessage.new(facility="demo", study_key=key, series="s" * 16,
-                         object_keys=(f"studies/demo/{key}/{'s' * 16}/0000.dcm",), slice_count=1, bytes=1,
-                         priority="urgent", model_version="default")
+                         object_keys=(f"studies/demo/{key}/{'s' * 16}/0000.dcm",), slice_count=1, size_bytes=1,
+                         priority="urgent", model="default")
     studies_table(stack.clients).put_new({"study_key": key, "facility": "demo", "status": "PROCESSING",
                                           "job_id": job.job_id, "created_at": "2026-01-01T00:00:00.000Z"})
     sqs = stack.clients.sqs

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctfleet.pipeline import load_study
-from ctfleet.validate import Lesion, insert_lesions, reference_sides
+from ctfleet.intake.files import load_study
+from ctfleet.dev.validate import Lesion, insert_lesions, reference_sides
 from model.analysis import analyze
 from model.volume import Volume
 

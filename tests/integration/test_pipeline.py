@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctfleet import dicom
-from ctfleet.demo import phantom_studies
+from ctfleet.intake import dicom
+from ctfleet.local.demo import phantom_studies
 
 pytestmark = pytest.mark.integration
 

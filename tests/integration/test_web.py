@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ctfleet.demo import phantom_studies
+from ctfleet.local.demo import phantom_studies
 
 pytestmark = pytest.mark.integration
 

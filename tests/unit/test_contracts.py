@@ -1,8 +1,10 @@
 import json
+import re
 
 import pytest
 
 from ctfleet.contracts import (
+    MESSAGE_VERSION,
     JobMessage,
     Manifest,
     check_file_name,
@@ -20,9 +22,9 @@ def job(**over):
         series="cd" * 8,
         object_keys=(f"studies/st-marys/{'ab' * 12}/{'cd' * 8}/0000.dcm",),
         slice_count=1,
-        bytes=10,
+        size_bytes=10,
         priority="urgent",
-        model_version="default",
+        model="default",
     )
     fields.update(over)
     return JobMessage.new(**fields)
@@ -33,8 +35,9 @@ def test_study_key_is_deterministic_per_facility_secret():
     a = study_key(b"secret-a", uid)
     assert a == study_key(b"secret-a", uid)
     assert a != study_key(b"secret-b", uid)
-    assert len(a) == 24 and int(a, 16) >= 0
-    assert uid not in a
+    assert re.fullmatch(r"[0-9a-f]{24}", a)
+    # Surrounding blanks (DICOM pads UIDs to even length) do not change the key.
+    assert study_key(b"secret-a", uid + " ") == a
 
 
 def test_job_message_round_trips_and_is_versioned():
@@ -42,10 +45,17 @@ def test_job_message_round_trips_and_is_versioned():
     back = JobMessage.from_json(j.to_json())
     assert back == j
     data = json.loads(j.to_json())
-    assert data["version"] == 1
+    assert data["version"] == MESSAGE_VERSION == 2
     data["version"] = 99
     with pytest.raises(BadInput, match="version"):
         JobMessage.from_json(json.dumps(data))
+
+
+def test_version_1_messages_still_in_a_queue_are_read():
+    j = job()
+    v1 = json.loads(j.to_json())
+    v1["bytes"], v1["model_version"], v1["version"] = v1.pop("size_bytes"), v1.pop("model"), 1
+    assert JobMessage.from_json(json.dumps(v1)) == j
 
 
 @pytest.mark.parametrize(

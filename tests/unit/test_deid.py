@@ -1,4 +1,4 @@
-"""ctfleet.deid: PS3.15 Table E.1-1 with modified dates; PHI planted everywhere is gone from the output bytes."""
+"""ctfleet.intake.deid: PS3.15 Table E.1-1 with modified dates; PHI planted everywhere is gone from the output bytes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from phi import SEQUENCES, TOP_LEVEL, phi_corpus
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
-from ctfleet.deid import (
+from ctfleet.intake.deid import (
     ACTIONS,
     MASKED_ACTIONS,
     MAX_SHIFT_DAYS,
@@ -30,7 +30,7 @@ from ctfleet.deid import (
     table_action,
     uid_for,
 )
-from ctfleet.dicom import (
+from ctfleet.intake.dicom import (
     choose_series,
     dataset_to_bytes,
     group_series,

@@ -1,4 +1,4 @@
-"""ctfleet.deidcli: a folder in, de-identified series out; rejections write nothing; all or nothing on disk."""
+"""ctfleet.cli.deid: a folder in, de-identified series out; rejections write nothing; all or nothing on disk."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 from phi import phi_corpus
 from PIL import Image, ImageDraw, ImageFont
 
-from ctfleet import deidcli
+from ctfleet.cli import deid as deidcli
 from ctfleet.contracts import Reason
-from ctfleet.deidcli import OUTPUT_EXISTS, run, series_pseudonym
-from ctfleet.dicom import dataset_to_bytes, read_dataset, series_to_datasets
+from ctfleet.cli.deid import OUTPUT_EXISTS, run, series_pseudonym
+from ctfleet.intake.dicom import dataset_to_bytes, read_dataset, series_to_datasets
 from ctfleet.errors import BadInput
-from ctfleet.phantom import chest_phantom
-from ctfleet.pixels import BURNED_IN_TEXT, NOT_CT
+from ctfleet.dev.phantom import chest_phantom
+from ctfleet.intake.pixels import BURNED_IN_TEXT, NOT_CT
 
 SECRET = b"f" * 32
 FACILITY = "north-general"
@@ -168,7 +168,7 @@ def test_a_failure_midway_leaves_no_partial_output(tmp_path: Path, monkeypatch: 
 
 
 def test_cli_deid_prints_one_json_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from ctfleet.cli import main
+    from ctfleet.cli.main import main
 
     source = _write_input(tmp_path / "in", mr=False, junk=False)
     secret_file = tmp_path / "secret"

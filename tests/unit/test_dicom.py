@@ -1,4 +1,4 @@
-"""ctfleet.dicom: reading, grouping, choosing, volumes, writing.
+"""ctfleet.intake.dicom: reading, grouping, choosing, volumes, writing.
 
 Synthetic series are generated with series_to_datasets and round-tripped
 through bytes (BytesIO), as STYLE.md asks; the one real CT comes from the
@@ -19,9 +19,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from ctfleet import dicom
+from ctfleet.intake import dicom
 from ctfleet.contracts import Reason
-from ctfleet.dicom import (
+from ctfleet.intake.dicom import (
     DUPLICATE_SLICES,
     INCONSISTENT_GEOMETRY,
     INCONSISTENT_SPACING,
@@ -443,7 +443,7 @@ def test_real_ct_timing(real_ct_dir: Path) -> None:
                           for ds in [pydicom.dcmread(io.BytesIO(b)) for b in blobs]])
     )
     del plain
-    from ctfleet.deid import deidentify  # the worker reads de-identified files: its real hot path
+    from ctfleet.intake.deid import deidentify  # the worker reads de-identified files: its real hot path
 
     clean = [dataset_to_bytes(deidentify(ds, b"k" * 32, facility="f")) for ds in datasets]
     t_dcmread_clean = median_time(lambda: [pydicom.dcmread(io.BytesIO(b)) for b in clean])

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from ctfleet.contracts import parse_raw_key
-from ctfleet.records import deserialize
+from ctfleet.aws.records import deserialize
 from dispatcher.ingest import _manifest_keys
 from dispatcher.triage import needs_alert
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from ctfleet.imds import Imds
-from ctfleet.local_imds import LocalImds
+from ctfleet.aws.imds import Imds
+from ctfleet.local.imds_server import LocalImds
 from worker.heartbeat import Heartbeat
 
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from ctfleet.contracts import Labels
-from ctfleet.phantom import from_preset
+from ctfleet.contracts import Label
+from ctfleet.dev.phantom import from_preset
 from model.analysis import MODEL_VERSION, ZONES, Analysis, analyze
 from model.volume import Volume, VolumeError
 
@@ -41,7 +41,7 @@ def test_clean_is_low_without_lesions(clean: tuple) -> None:
     assert isinstance(a, Analysis)
     assert a.report["triage_level"] == "LOW"
     assert a.report["flags"] == []
-    lesion_ml = (a.labels >= Labels.GGO).sum() * v.voxel_ml
+    lesion_ml = (a.labels >= Label.GGO).sum() * v.voxel_ml
     assert lesion_ml < 0.01 * (p.truth > 0).sum() * p.voxel_ml  # < 1 % of the lungs
 
 
@@ -205,7 +205,7 @@ def test_small_tilt_accepted() -> None:
 
 @pytest.mark.parametrize("make", ["head_phantom", "abdomen_phantom", "water_cylinder"])
 def test_not_a_chest_phantoms(make: str) -> None:
-    from ctfleet import phantom
+    from ctfleet.dev import phantom
 
     p = getattr(phantom, make)()
     a = analyze(Volume.from_spacing(p.hu, p.spacing_mm), "cpu")
@@ -215,7 +215,7 @@ def test_not_a_chest_phantoms(make: str) -> None:
 
 
 def test_airways_not_lung() -> None:
-    from ctfleet.phantom import DEFAULT_SHAPE, DEFAULT_SPACING_MM, chest_phantom
+    from ctfleet.dev.phantom import DEFAULT_SHAPE, DEFAULT_SPACING_MM, chest_phantom
 
     p = chest_phantom(DEFAULT_SHAPE, DEFAULT_SPACING_MM, seed=5)
     a = analyze(Volume.from_spacing(p.hu, p.spacing_mm), "cpu")
@@ -233,7 +233,7 @@ def test_airways_not_lung() -> None:
 
 
 def test_peripheral_consolidation_counted() -> None:
-    from ctfleet.phantom import Opacity, chest_phantom, lung_point_mm
+    from ctfleet.dev.phantom import Opacity, chest_phantom, lung_point_mm
 
     c = lung_point_mm("right", (0.5, 0.5, 1.0))  # on the lateral chest wall
     p = chest_phantom(opacities=[Opacity("consolidation", c, 16.0)], seed=2)
@@ -244,7 +244,7 @@ def test_peripheral_consolidation_counted() -> None:
 
 
 def test_small_specks_below_min_size_ignored() -> None:
-    from ctfleet.phantom import Opacity, chest_phantom, lung_point_mm
+    from ctfleet.dev.phantom import Opacity, chest_phantom, lung_point_mm
 
     ops = [Opacity("consolidation", lung_point_mm(s, (0.5, 0.5, 0.5)), 2.5) for s in ("left", "right")]
     p = chest_phantom(opacities=ops, seed=1)
@@ -254,7 +254,7 @@ def test_small_specks_below_min_size_ignored() -> None:
 
 def test_large_consolidation_counted_and_triaged(clean: tuple) -> None:
     """Consolidations >= 50 mm (wider than the lung-outline closing) count as lung + consolidation."""
-    from ctfleet.phantom import Opacity, chest_phantom, lung_point_mm
+    from ctfleet.dev.phantom import Opacity, chest_phantom, lung_point_mm
 
     ops = [
         Opacity("consolidation", lung_point_mm("right", (0.45, 0.55, 0.75)), 30.0),  # on the lateral chest wall
@@ -262,12 +262,12 @@ def test_large_consolidation_counted_and_triaged(clean: tuple) -> None:
     ]
     p = chest_phantom(opacities=ops, seed=0)
     a = analyze(Volume.from_spacing(p.hu, p.spacing_mm), "cpu")
-    truth = p.truth == Labels.CONSOLIDATION
+    truth = p.truth == Label.CONSOLIDATION
     truth_ml = truth.sum() * p.voxel_ml
     assert truth_ml > 150.0  # both lesions are large, even clipped to the lungs
     pred_ml = a.report["lesion_volume_ml"]["consolidation"]
     assert abs(pred_ml - truth_ml) <= 0.3 * truth_ml
-    assert ((a.labels == Labels.CONSOLIDATION) & truth).sum() >= 0.6 * truth.sum()
+    assert ((a.labels == Label.CONSOLIDATION) & truth).sum() >= 0.6 * truth.sum()
     lung_ml = a.report["lung_volume_ml"]["total"]
     truth_lung_ml = (p.truth > 0).sum() * p.voxel_ml
     assert abs(lung_ml - truth_lung_ml) / truth_lung_ml < 0.1  # the consolidated lung is still lung

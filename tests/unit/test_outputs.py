@@ -1,4 +1,4 @@
-"""ctfleet.outputs: result files decode with the usual tools; writing is all or nothing."""
+"""ctfleet.results.files: result files decode with the usual tools; writing is all or nothing."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctfleet.outputs import render, write
-from ctfleet.phantom import chest_phantom, lung_point_mm, Opacity
+from ctfleet.results.files import render, write
+from ctfleet.dev.phantom import chest_phantom, lung_point_mm, Opacity
 from model.analysis import analyze
 from model.volume import Volume
 
@@ -86,8 +86,8 @@ def test_seg_with_sources() -> None:
 
     import highdicom as hd
 
-    from ctfleet.dicom import series_to_datasets, volume_from_series
-    from ctfleet.phantom import from_preset
+    from ctfleet.intake.dicom import series_to_datasets, volume_from_series
+    from ctfleet.dev.phantom import from_preset
 
     p = from_preset("high")
     datasets = series_to_datasets(p.hu, p.spacing_mm)

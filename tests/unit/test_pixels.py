@@ -1,4 +1,4 @@
-"""ctfleet.pixels: header rules per slice, burned-in text in the pixels, no false alarm on real anatomy."""
+"""ctfleet.intake.pixels: header rules per slice, burned-in text in the pixels, no false alarm on real anatomy."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
-from ctfleet import pixels
-from ctfleet.dicom import dataset_to_bytes, read_dataset, series_to_datasets
+from ctfleet.intake import pixels
+from ctfleet.intake.dicom import dataset_to_bytes, read_dataset, series_to_datasets
 from ctfleet.errors import BadInput
-from ctfleet.phantom import chest_phantom
+from ctfleet.dev.phantom import chest_phantom
 
 PHI_TEXT = "SMITH^JOHN 1970-01-01"
 

@@ -1,4 +1,4 @@
-"""model.registry / model.scripted / ctfleet.models: analyzers by name, path and s3:// URI.
+"""model.registry / model.scripted / ctfleet.aws.model_store: analyzers by name, path and s3:// URI.
 
 The "customer model" is built here: a small network whose weights are set by
 hand (HU thresholds plus enclosure by pooling), exported with TorchScript and
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import model
-from ctfleet.phantom import from_preset
+from ctfleet.dev.phantom import from_preset
 from model import Volume
 from model.registry import ModelError, clear_cache, get, register
 from model.scripted import analysis_from_labels, file_sha256
@@ -396,11 +396,11 @@ def test_scripted_on_cuda(torchscript_dir: Path, export_dir: Path, phantoms: dic
         assert gpu.report["triage_level"] == cpu.report["triage_level"]
 
 
-# -- ctfleet.models.resolve: names, paths and a real moto server ---------------------------
+# -- ctfleet.aws.model_store.resolve: names, paths and a real moto server ---------------------------
 
 
 def test_resolve_names_and_paths(tmp_path: Path, torchscript_dir: Path) -> None:
-    from ctfleet.models import resolve
+    from ctfleet.aws.model_store import resolve
 
     assert resolve("default", cache_dir=tmp_path).version == model.MODEL_VERSION
     assert resolve(str(torchscript_dir), cache_dir=tmp_path, device="cpu") is get(torchscript_dir, "cpu")
@@ -433,7 +433,7 @@ def s3_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def test_resolve_s3(tmp_path: Path, s3_client: Any, torchscript_dir: Path, export_dir: Path, phantoms: dict[str, Volume]) -> None:
-    from ctfleet.models import resolve
+    from ctfleet.aws.model_store import resolve
 
     s3_client.create_bucket(Bucket="models")
     s3_client.put_object(Bucket="models", Key="acme/v1/model.pt", Body=(torchscript_dir / "model.pt").read_bytes())

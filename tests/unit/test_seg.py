@@ -1,4 +1,4 @@
-"""ctfleet.seg: the label map as a DICOM SEG that references the de-identified source series."""
+"""ctfleet.results.seg: the label map as a DICOM SEG that references the de-identified source series."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from ctfleet.dicom import series_to_datasets, volume_from_series
-from ctfleet.phantom import from_preset
-from ctfleet.seg import SEGMENTS, make_seg
+from ctfleet.intake.dicom import series_to_datasets, volume_from_series
+from ctfleet.dev.phantom import from_preset
+from ctfleet.results.seg import SEGMENTS, make_seg
 
 
 @pytest.fixture(scope="module")

@@ -50,9 +50,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from ctfleet import dicom
+from ctfleet.intake import dicom
 from ctfleet.contracts import Reason
-from ctfleet.dicom import (
+from ctfleet.intake.dicom import (
     TRANSFER_SYNTAXES,
     UNSUPPORTED_TRANSFER_SYNTAX,
     dataset_to_bytes,

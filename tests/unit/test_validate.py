@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ctfleet import validate as V
+from ctfleet.dev import validate as V
 
 
 def test_wilson_known_values() -> None:

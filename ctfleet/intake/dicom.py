@@ -67,8 +67,8 @@ from pydicom.uid import (
 
 from model.volume import Volume
 
-from .contracts import Reason
-from .errors import BadInput
+from ctfleet.contracts import Reason
+from ctfleet.errors import BadInput
 
 # Reason codes of geometry and pixel checks (defined with the others in contracts.Reason).
 INCONSISTENT_SPACING = Reason.INCONSISTENT_SPACING

@@ -12,7 +12,7 @@ from typing import Any
 
 import requests
 
-from .errors import BadInput, Transient
+from ctfleet.errors import BadInput, Transient
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "ct00.tar.xz"
 
 
@@ -59,8 +59,8 @@ def unpack_real_ct(archive: Path, cache: Path) -> Path:
 
 def make_400_slice_study(real: Path, out: Path) -> Path:
     """The real CT resampled along z to 400 slices (linear), written as a DICOM series."""
-    from . import dicom
-    from .pipeline import load_study
+    from ctfleet.intake import dicom
+    from ctfleet.intake.files import load_study
 
     if len(list(out.glob("*.dcm"))) == 400:
         return out
@@ -99,9 +99,9 @@ def baseline_read_hu(files: list[Path]) -> np.ndarray:
 def bench_series(label: str, folder: Path, repeat: int, device: str) -> dict[str, float | str]:
     from model import analyze
 
-    from . import dicom
-    from .outputs import render
-    from .study import prepare_study
+    from ctfleet.intake import dicom
+    from ctfleet.results.files import render
+    from ctfleet.intake.prepare import prepare_study
 
     files = sorted(folder.glob("*.dcm"))
     t_read = median_time(lambda: baseline_read(files), repeat)
@@ -155,7 +155,7 @@ def table(rows: list[dict[str, float | str]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ctfleet.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ctfleet.dev.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument("--cache", type=Path, default=Path(os.path.expanduser("~/.cache/ctfleet-bench")))
     parser.add_argument("--repeat", type=int, default=3)
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from .logs import silence_header_values
+    from ctfleet.logs import silence_header_values
 
     silence_header_values()
     if not args.archive.exists():

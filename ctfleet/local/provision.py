@@ -13,8 +13,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .aws import Clients, error_code
-from .settings import QueueSpec, Settings, TableSpec
+from ctfleet.aws.clients import Clients, error_code
+from ctfleet.settings import QueueSpec, Settings, TableSpec
 
 
 def provision(clients: Clients, facility_secrets: dict[str, bytes] | None = None,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .contracts import Labels
+from ctfleet.contracts import Label
 
 __all__ = [
     "Opacity", "Phantom", "PhantomSpec", "PRESETS", "chest_phantom", "lung_point_mm", "from_preset",
@@ -84,7 +84,7 @@ class Phantom:
     spacing_mm : tuple of float
         ``(z, y, x)`` voxel size in mm.
     truth : numpy.ndarray
-        uint8 ``(Z, Y, X)`` with :class:`ctfleet.contracts.Labels` values: lung
+        uint8 ``(Z, Y, X)`` with :class:`ctfleet.contracts.Label` values: lung
         (vessels included, airways excluded), GGO and consolidation.
     """
 
@@ -271,7 +271,7 @@ def chest_phantom(
     for side in lungs:
         lungs[side] = lungs[side] & ~heart
         hu[lungs[side]] = HU_LUNG
-        truth[lungs[side]] = Labels.LUNG
+        truth[lungs[side]] = Label.LUNG
     hu[heart & inner] = HU_BLOOD
 
     # Vessels: thin tubes fanning out from each hilum.
@@ -299,10 +299,10 @@ def chest_phantom(
     wall = _segment_distance(zz, yy, xx, carina, top) <= 10.0
     hu[wall & ~airway & inner & ~lungs["right"] & ~lungs["left"]] = HU_SOFT
     hu[airway] = HU_AIR
-    truth[airway] = Labels.BACKGROUND
+    truth[airway] = Label.BACKGROUND
 
     # Opacities, clipped to the lung (airways stay air).
-    lung_any = (truth == Labels.LUNG) | (truth > Labels.LUNG)
+    lung_any = (truth == Label.LUNG) | (truth > Label.LUNG)
     for op in opacities:
         cz, cy_, cx_ = op.center_mm
         sphere = ((zz - cz) ** 2 + (yy - cy_) ** 2 + (xx - cx_) ** 2) <= op.radius_mm**2
@@ -310,10 +310,10 @@ def chest_phantom(
         if op.kind == "ggo":
             # Keep vessels visible through ground glass, as in real GGO.
             hu[region & (hu < -200)] = op.value_hu
-            truth[region & (truth != Labels.CONSOLIDATION)] = Labels.GGO
+            truth[region & (truth != Label.CONSOLIDATION)] = Label.GGO
         else:
             hu[region] = op.value_hu
-            truth[region] = Labels.CONSOLIDATION
+            truth[region] = Label.CONSOLIDATION
 
     hu += rng.normal(0.0, NOISE_SD, size=full).astype(np.float32)
     return Phantom(hu=hu.astype(np.float32, copy=False), spacing_mm=spacing, truth=truth)  # type: ignore[arg-type]

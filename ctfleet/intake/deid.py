@@ -15,7 +15,7 @@ What is applied
   profile (DCM 113100) and *Retain Longitudinal Temporal Information with
   Modified Dates* (DCM 113107). No other option: device identity, patient
   characteristics, UIDs, safe private attributes and descriptors are not
-  retained; pixel data is not cleaned (``ctfleet.pixels`` rejects series that
+  retained; pixel data is not cleaned (``ctfleet.intake.pixels`` rejects series that
   may carry burned-in text instead, so Clean Pixel Data 113101 is not claimed).
 - **Every sequence item**, at any depth, goes through the same rules.
 - **Whole overlay and curve groups** (``60xx``, ``50xx``) are removed, not only
@@ -487,7 +487,7 @@ def deidentify(ds: Dataset, secret: bytes, *, facility: str) -> Dataset:
     Parameters
     ----------
     ds : pydicom.Dataset
-        One instance, e.g. from :func:`ctfleet.dicom.read_dataset`.
+        One instance, e.g. from :func:`ctfleet.intake.dicom.read_dataset`.
     secret : bytes
         The facility's secret; the same secret gives the same UIDs, pseudonyms
         and date shift, a different one gives unrelated ones.
@@ -507,7 +507,7 @@ def deidentify(ds: Dataset, secret: bytes, *, facility: str) -> Dataset:
     Notes
     -----
     Burned-in text in the pixels is not removed here: callers reject such
-    series first with :func:`ctfleet.pixels.check_series`.
+    series first with :func:`ctfleet.intake.pixels.check_series`.
     """
     if not secret:
         raise ValueError("secret must not be empty")

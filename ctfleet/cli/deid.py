@@ -1,15 +1,15 @@
 """``ctfleet deid INPUT OUTPUT --facility F``: de-identify every series of a folder, no AWS.
 
-The work behind the command (the argument parsing lives in :mod:`ctfleet.cli`):
+The work behind the command (the argument parsing lives in :mod:`ctfleet.cli.main`):
 
 1. every file under INPUT (recursively, in sorted path order) is read with
-   :func:`ctfleet.dicom.read_dataset`; files that are not DICOM images (a
+   :func:`ctfleet.intake.dicom.read_dataset`; files that are not DICOM images (a
    DICOMDIR, a text file, a truncated file) are skipped and counted by reason;
-2. the images are grouped into stacks with :func:`ctfleet.dicom.group_series`;
-3. each stack goes through :func:`ctfleet.pixels.check_series`; a rejected
+2. the images are grouped into stacks with :func:`ctfleet.intake.dicom.group_series`;
+3. each stack goes through :func:`ctfleet.intake.pixels.check_series`; a rejected
    stack writes nothing and is listed with its reason code;
 4. each accepted stack is de-identified slice by slice
-   (:func:`ctfleet.deid.deidentify`) and written as
+   (:func:`ctfleet.intake.deid.deidentify`) and written as
    ``OUTPUT/<series pseudonym>/<index>.dcm``, index ``0000``.. along the slice normal.
 
 The series pseudonym is the one ingest uses for S3 keys: the first 16 hex
@@ -33,11 +33,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import dicom
-from .contracts import Reason, check_facility, study_key
-from .deid import deidentify
-from .errors import BadInput
-from .pixels import check_series
+from ctfleet.intake import dicom
+from ctfleet.contracts import Reason, check_facility, study_key
+from ctfleet.intake.deid import deidentify
+from ctfleet.errors import BadInput
+from ctfleet.intake.pixels import check_series
 
 OUTPUT_EXISTS = Reason.OUTPUT_EXISTS
 """Reason code: OUTPUT exists and is not an empty folder."""
@@ -103,7 +103,7 @@ def run(input_dir: Path, output_dir: Path, facility: str, secret: bytes) -> dict
         ``{"accepted": [{"series": pseudonym, "files": n}],
         "rejected": [{"series": pseudonym, "files": n, "reason": code}],
         "skipped": {reason: count}}``, series in the order of
-        :func:`ctfleet.dicom.group_series`.
+        :func:`ctfleet.intake.dicom.group_series`.
 
     Raises
     ------

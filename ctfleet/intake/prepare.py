@@ -12,10 +12,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import dicom, pixels
-from .contracts import Reason, study_key
-from .deid import deidentify
-from .errors import BadInput
+from ctfleet.intake import dicom
+
+from ctfleet.intake import pixels
+from ctfleet.contracts import Reason, study_key
+from ctfleet.intake.deid import deidentify
+from ctfleet.errors import BadInput
 
 
 @dataclass(frozen=True)

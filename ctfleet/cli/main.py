@@ -16,9 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from .errors import BadInput
-from .logs import configure_logging
-from .settings import Settings
+from ctfleet.errors import BadInput
+from ctfleet.logs import configure_logging
+from ctfleet.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "local":
             return cmd_local_up(args, settings)
         if args.command == "demo":
-            from .demo import main as demo_main
+            from ctfleet.local.demo import main as demo_main
 
             for folder in args.folders:
                 if not folder.is_dir():
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
-    from .pipeline import load_study
+    from ctfleet.intake.files import load_study
 
     t0 = time.perf_counter()
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
@@ -106,14 +106,14 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     from model import ModelError
     from model.volume import VolumeError
 
-    from .models import resolve
-    from .outputs import render, write
+    from ctfleet.aws.model_store import resolve
+    from ctfleet.results.files import render, write
 
     threshold = args.high_threshold if args.high_threshold is not None else settings.high_threshold
     try:
         s3 = None
         if args.model.startswith("s3://"):
-            from .aws import Clients
+            from ctfleet.aws.clients import Clients
 
             s3 = Clients(settings).s3
         analyzer = resolve(args.model, s3_client=s3, cache_dir=Path(settings.model_cache_dir).expanduser(),
@@ -134,8 +134,8 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_deid(args: argparse.Namespace, settings: Settings) -> int:
-    from .contracts import check_facility
-    from .deidcli import NothingAccepted, run
+    from ctfleet.contracts import check_facility
+    from ctfleet.cli.deid import NothingAccepted, run
 
     facility = check_facility(args.facility)
     if args.secret_file is not None:
@@ -146,7 +146,7 @@ def cmd_deid(args: argparse.Namespace, settings: Settings) -> int:
         if len(secret) < 16:
             raise BadInput("no_secret", "the secret file must hold at least 16 bytes (e.g. 64 hex characters)")
     else:
-        from .local import local_secret
+        from ctfleet.local.secrets import local_secret
 
         secret = local_secret(settings, facility)
     if not args.input.is_dir():
@@ -167,7 +167,7 @@ def cmd_local_up(args: argparse.Namespace, settings: Settings) -> int:
     import signal
     import threading
 
-    from .local import LocalStack
+    from ctfleet.local.stack import LocalStack
 
     stop = threading.Event()
     # Ctrl-C and SIGTERM both stop everything cleanly, even where SIGINT arrives

@@ -78,12 +78,12 @@ def make_seg(labels: np.ndarray, source_datasets: Sequence[pydicom.Dataset], *, 
     labels : numpy.ndarray
         uint8 ``(Z, Y, X)``: 0 background, 1 lung, 2 ground-glass opacity,
         3 consolidation; ``labels[k]`` lies on the ``k``-th source slice along
-        the normal (``Y`` = image rows, ``X`` = columns, as :func:`ctfleet.dicom.volume_from_series`
+        the normal (``Y`` = image rows, ``X`` = columns, as :func:`ctfleet.intake.dicom.volume_from_series`
         builds the volume).
     source_datasets : sequence of pydicom.Dataset
         The de-identified single-frame source slices (pixel data not needed),
         in any order: they are sorted by ImagePositionPatient along the slice
-        normal, stably, exactly as :func:`ctfleet.dicom.volume_from_series`
+        normal, stably, exactly as :func:`ctfleet.intake.dicom.volume_from_series`
         orders the volume's ``Z`` axis.
     model_version : str
         Algorithm version recorded on every segment; part of the UID seed.

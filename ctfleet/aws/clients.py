@@ -14,8 +14,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .errors import BadInput, Transient
-from .settings import Settings
+from ctfleet.errors import BadInput, Transient
+from ctfleet.settings import Settings
 
 # SQS/DynamoDB error codes worth retrying; anything else is a bug or bad input.
 _TRANSIENT = {

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BadInput
+from ctfleet.errors import BadInput
 
 if TYPE_CHECKING:
     from model.volume import Volume
@@ -21,7 +21,7 @@ class LoadedStudy:
 def load_study(path: Path) -> LoadedStudy:
     """A volume (and its DICOM series) from a DICOM folder (searched recursively) or a NIfTI file.
 
-    For a folder, the best axial CT series is chosen (see :func:`ctfleet.dicom.choose_series`).
+    For a folder, the best axial CT series is chosen (see :func:`ctfleet.intake.dicom.choose_series`).
 
     Raises
     ------
@@ -52,7 +52,7 @@ def load_study(path: Path) -> LoadedStudy:
         return LoadedStudy(volume, None)
     if not path.is_dir():
         raise BadInput("no_input", f"{path} is neither a folder of DICOM files nor a .nii/.nii.gz file")
-    from . import dicom
+    from ctfleet.intake import dicom
 
     datasets = []
     for file in sorted(p for p in path.rglob("*") if p.is_file()):

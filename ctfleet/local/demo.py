@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .settings import Settings
+from ctfleet.settings import Settings
 
 # Made-up identities: the demo's PHI, which must never appear past ingest.
 _DEMO_PATIENTS = {
@@ -33,7 +33,8 @@ class DemoStudy:
 
 def phantom_studies() -> list[DemoStudy]:
     """The bundled synthetic studies: one that must triage HIGH and one clean (LOW)."""
-    from . import dicom, phantom
+    from ctfleet.intake import dicom
+    from ctfleet.dev import phantom
 
     studies = []
     for label, expect in (("high", "HIGH"), ("clean", "LOW")):
@@ -55,8 +56,8 @@ def folder_study(folder: Path) -> DemoStudy:
 def run_demo(settings: Settings, folders: list[Path], *, workers: int = 1, timeout_s: float = 240.0,
              err: IO[str] = sys.stderr, worker_log: Path | None = None) -> dict[str, Any]:
     """Start the local stack, push every study through it, stop it; returns the summary."""
-    from .local import LocalStack
-    from .upload import ApiClient
+    from ctfleet.local.stack import LocalStack
+    from ctfleet.cli.client import ApiClient
 
     started = time.monotonic()
     studies = phantom_studies() + [folder_study(f) for f in folders]

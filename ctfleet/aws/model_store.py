@@ -29,7 +29,7 @@ import torch
 from model.registry import Analyzer, ModelError, available, get
 from model.scripted import CONFIG_NAME, WEIGHT_SUFFIXES, parse_config
 
-from .errors import Transient
+from ctfleet.errors import Transient
 
 __all__ = ["resolve", "download_s3_model"]
 

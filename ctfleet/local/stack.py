@@ -10,7 +10,7 @@ SQS -> ingest Lambda            :class:`QueuePoller` calling ``dispatcher.ingest
 DynamoDB stream -> triage       :class:`StreamPoller` calling ``dispatcher.triage.handle``
 API Gateway -> api Lambda       :class:`ApiServer` calling ``dispatcher.api.handle``
 spot GPU instances              ``ctfleet worker`` subprocesses, one per instance
-IMDS                            :class:`~ctfleet.local_imds.LocalImds`, one per worker
+IMDS                            :class:`~ctfleet.local.imds_server.LocalImds`, one per worker
 ==============================  =========================================================
 """
 
@@ -34,35 +34,16 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
 
-from .aws import Clients
-from .local_imds import LocalImds
-from .provision import provision
-from .settings import Settings
+from ctfleet.aws.clients import Clients
+from ctfleet.local.imds_server import LocalImds
+from ctfleet.local.provision import provision
+from ctfleet.local.secrets import local_secret
+from ctfleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
-WEB_ROOT = Path(__file__).resolve().parents[1] / "web"
+WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
-
-
-def local_secret(settings: Settings, facility: str) -> bytes:
-    """The local stack's secret for ``facility``: 64 hex characters in ``{home}/secrets/{facility}``.
-
-    Created on first use (mode 0600) and kept, so study keys and pseudonyms stay
-    the same across runs and match what ``ctfleet deid`` produces by default.
-    """
-    path = Path(settings.home).expanduser() / "secrets" / facility
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(pysecrets.token_hex(32))
-        os.replace(tmp, path)
-    secret = path.read_bytes().strip()
-    if not secret:
-        raise ValueError(f"empty secret file {path}")
-    return secret
 
 
 def free_port() -> int:

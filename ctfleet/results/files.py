@@ -3,7 +3,7 @@
 The files are those of ``results/{facility}/{study}/{model_version}/`` and of
 ``ctfleet analyze --out DIR``: ``labels.nii.gz``, ``report.json``,
 ``overlay/<name>.png`` and, when the source DICOM slices are at hand,
-``seg.dcm`` (a DICOM Segmentation of them, see :mod:`ctfleet.seg`).
+``seg.dcm`` (a DICOM Segmentation of them, see :mod:`ctfleet.results.seg`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def render(
         The analysed volume; its affine goes into the NIfTI header.
     source_datasets : sequence of pydicom.Dataset, optional
         The de-identified slices the volume was built from, ordered like its
-        ``Z`` axis (``Series.datasets`` as :func:`ctfleet.dicom.volume_from_series`
+        ``Z`` axis (``Series.datasets`` as :func:`ctfleet.intake.dicom.volume_from_series`
         sorts them; pixel data not needed). When given, ``"seg.dcm"`` is added.
 
     Returns
@@ -90,7 +90,7 @@ def render(
     for name, rgb in sorted(analysis.overlays.items()):
         files[f"overlay/{name}.png"] = _png(rgb)
     if source_datasets is not None:
-        from .seg import make_seg  # local: highdicom is only needed when a SEG is asked for
+        from ctfleet.results.seg import make_seg  # local: highdicom is only needed when a SEG is asked for
 
         files["seg.dcm"] = make_seg(analysis.labels, list(source_datasets), model_version=str(analysis.report["model_version"]))
     return files

@@ -13,9 +13,9 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from .aws import Clients, error_code, is_transient
-from .contracts import Status
-from .errors import Transient
+from ctfleet.aws.clients import Clients, error_code, is_transient
+from ctfleet.contracts import Status
+from ctfleet.errors import Transient
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()

@@ -1,6 +1,6 @@
 """Pixel safety: reject series whose pixels may show identity, before anything is de-identified.
 
-Header de-identification (:mod:`ctfleet.deid`) cannot remove a name burned into
+Header de-identification (:mod:`ctfleet.intake.deid`) cannot remove a name burned into
 the image. This module decides, per series, whether the pixels are safe to
 keep; a series that is not is rejected (nothing is written), never re-encoded.
 Everything is pure: data sets in, ``None`` or :class:`~ctfleet.errors.BadInput` out.
@@ -46,8 +46,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from .contracts import Reason
-from .errors import BadInput
+from ctfleet.contracts import Reason
+from ctfleet.errors import BadInput
 
 BURNED_IN_ANNOTATION = Reason.BURNED_IN_ANNOTATION
 SECONDARY_CAPTURE = Reason.SECONDARY_CAPTURE

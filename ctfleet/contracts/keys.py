@@ -1,0 +1,122 @@
+"""Names that cross the parts: facility and upload ids, study keys, S3 keys.
+
+No PHI in any of them: a study is named by an HMAC of its StudyInstanceUID under
+the facility's secret, never by the UID itself; file names stay in ``raw/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import uuid
+from urllib.parse import unquote_plus
+
+from ctfleet.errors import BadInput
+
+from .reasons import Reason
+
+PROMISED_NAME = ".ctfleet/promised.json"
+STUDY_KEY_HEX = 24  # 96 bits: collisions are not a concern at 10^9 studies.
+
+_FACILITY = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_UPLOAD = re.compile(r"^[0-9a-f]{32}$")
+
+
+def check_facility(facility: str) -> str:
+    """Return ``facility`` if it is a valid facility id (lowercase slug), else raise."""
+    if not isinstance(facility, str) or not _FACILITY.match(facility):
+        raise BadInput(Reason.UNKNOWN_FACILITY, "facility must be a lowercase slug of letters, digits and '-'")
+    return facility
+
+
+def check_upload_id(upload_id: str) -> str:
+    if not isinstance(upload_id, str) or not _UPLOAD.match(upload_id):
+        raise BadInput(Reason.MANIFEST_INVALID, "upload id must be 32 lowercase hex characters")
+    return upload_id
+
+
+def new_upload_id() -> str:
+    return uuid.uuid4().hex
+
+
+def study_key(secret: bytes, study_instance_uid: str) -> str:
+    """HMAC-SHA256 of the StudyInstanceUID under the facility's secret, short hex.
+
+    The same study always gives the same key (dedupe); only the facility,
+    holding the secret and its own UIDs, can map it back.
+    """
+    digest = hmac.new(secret, study_instance_uid.strip().encode("ascii"), hashlib.sha256).hexdigest()
+    return digest[:STUDY_KEY_HEX]
+
+
+# -- S3 keys --------------------------------------------------------------------------
+
+
+def raw_prefix(facility: str, upload_id: str) -> str:
+    return f"raw/{facility}/{upload_id}/"
+
+
+def raw_key(facility: str, upload_id: str, name: str) -> str:
+    return raw_prefix(facility, upload_id) + name
+
+
+def parse_raw_key(key: str) -> tuple[str, str, str]:
+    """``raw/{facility}/{upload}/{name}`` -> ``(facility, upload, name)``."""
+    parts = key.split("/", 3)
+    if len(parts) != 4 or parts[0] != "raw":
+        raise BadInput(Reason.MANIFEST_INVALID, "key is not under raw/{facility}/{upload}/")
+    _, facility, upload_id, name = parts
+    return check_facility(facility), check_upload_id(upload_id), name
+
+
+def promised_key(facility: str, upload_id: str) -> str:
+    """The file list as announced at creation, kept beside the upload (names may carry PHI)."""
+    return raw_key(facility, upload_id, PROMISED_NAME)
+
+
+def s3_event_keys(body: str) -> list[tuple[str, str]]:
+    """(bucket, key) of each object in an S3 notification body; [] for S3's test event and non-JSON.
+
+    S3 URL-encodes keys in notifications (spaces as '+'); they come back decoded.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return []
+    if not isinstance(data, dict) or data.get("Event") == "s3:TestEvent":
+        return []
+    out = []
+    for rec in data.get("Records", []):
+        s3 = rec.get("s3", {})
+        out.append((s3.get("bucket", {}).get("name", ""), unquote_plus(s3.get("object", {}).get("key", ""))))
+    return out
+
+
+def study_prefix(facility: str, key: str, series: str) -> str:
+    return f"studies/{facility}/{key}/{series}/"
+
+
+def results_prefix(facility: str, key: str, model_version: str) -> str:
+    return f"results/{facility}/{key}/{model_version}/"
+
+
+def check_sha256(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise BadInput(Reason.MANIFEST_INVALID, "sha256 must be 64 lowercase hex characters")
+    return value
+
+
+def check_file_name(name: str) -> str:
+    """A safe relative object name: no absolute paths, no '..', no control characters."""
+    if (
+        not name
+        or len(name) > 512
+        or name.startswith("/")
+        or any(part in ("", ".", "..") for part in name.split("/"))
+        or any(ord(c) < 32 for c in name)
+        or name == "manifest.json"
+    ):
+        raise BadInput(Reason.MANIFEST_INVALID, "file names must be relative paths without '..'")
+    return name

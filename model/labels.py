@@ -1,0 +1,25 @@
+"""What the model's outputs mean: label values and triage levels, defined here once.
+
+Pure Python (no torch): the kernel's contracts re-export these names, so the
+handlers speak the same words without importing the model's compute.
+"""
+
+from __future__ import annotations
+
+
+class Label:
+    """Voxel values of the label map (``labels.nii.gz``, SEG segments)."""
+
+    BACKGROUND = 0
+    LUNG = 1
+    GGO = 2  # ground-glass opacity
+    CONSOLIDATION = 3
+
+
+class TriageLevel:
+    """A study's triage level, from its score."""
+
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+    ALL = (LOW, MEDIUM, HIGH)
