@@ -35,7 +35,7 @@ from ctfleet.contracts import (
     raw_prefix,
     study_prefix,
 )
-from ctfleet.intake.prepare import PreparedStudy, prepare_study
+from ctfleet.intake import PreparedStudy, prepare_study
 from ctfleet.errors import BadInput
 from ctfleet.aws.records import ConditionFailed, now
 

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ctfleet.intake import dicom
+from ctfleet.intake import read_dataset, volume_from_series
 from ctfleet.aws.clients import Clients
 from ctfleet.contracts import JobMessage, Reason, Status, results_prefix
 from ctfleet.errors import BadInput, Interrupted
@@ -198,8 +198,8 @@ class Worker:
         self.check_interrupt()
 
         t = time.perf_counter()
-        datasets = [dicom.read_dataset(b, name=k.rsplit("/", 1)[-1]) for b, k in zip(blobs, job.object_keys)]
-        volume = dicom.volume_from_series(datasets)
+        datasets = [read_dataset(b, name=k.rsplit("/", 1)[-1]) for b, k in zip(blobs, job.object_keys)]
+        volume = volume_from_series(datasets)
         del blobs
         for ds in datasets:  # the SEG needs headers only; the pixels live on in the volume
             del ds.PixelData

@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
-    from ctfleet.intake.files import load_study
+    from ctfleet.intake import load_study
 
     t0 = time.perf_counter()
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
