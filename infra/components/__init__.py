@@ -2,7 +2,13 @@
 
 Each component takes a frozen ``*Args`` dataclass, built from
 :class:`ctfleet.settings.Settings` by its ``from_settings`` constructor, so the
-names and attributes declared here are the ones the runtime reads.
+names and attributes declared here are the ones the runtime reads:
+``alerts``, ``queues``, ``storage`` and ``tables``. Two helper modules hold
+what more than one component declares the same way: ``keys`` (a rotated
+customer KMS key and its alias) and ``policies`` (IAM policy documents).
+
+Modules here import pulumi, pulumi_aws, ``ctfleet.settings`` and each other;
+nothing else from ctfleet.
 """
 
 from infra.components.alerts import Alerts, AlertsArgs

@@ -1,4 +1,8 @@
-"""The SNS topic triage alerts (and, later, alarms) are published to."""
+"""The SNS topic triage alerts (and, later, alarms) are published to, and its KMS key.
+
+The key is a customer key whose policy lets CloudWatch alarms publish to the
+encrypted topic; its alias is ``alias/{topic name}``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import pulumi
 import pulumi_aws as aws
 
 from ctfleet.settings import Settings
+from infra.components.keys import customer_key
+from infra.components.policies import policy_document, statement
 
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
@@ -104,41 +110,31 @@ class Alerts(pulumi.ComponentResource):
         super().__init__("ctfleet:infra:Alerts", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         tags = dict(args.tags)
-        self.key: aws.kms.Key = aws.kms.Key(
-            f"{name}-key",
+        self.key: aws.kms.Key = customer_key(
+            name,
             description=f"ctfleet alerts topic {args.topic_name}",
-            enable_key_rotation=True,
-            deletion_window_in_days=30,
-            policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            # The default key policy: IAM policies in this
-                            # account decide who else may use the key (the
-                            # triage function's role, added later).
-                            "Sid": "AccountAdministers",
-                            "Effect": "Allow",
-                            "Principal": {
-                                "AWS": pulumi.Output.format("arn:{0}:iam::{1}:root", args.partition, args.account_id)
-                            },
-                            "Action": "kms:*",
-                            "Resource": "*",
-                        },
-                        {
-                            "Sid": "CloudWatchAlarmsPublish",
-                            "Effect": "Allow",
-                            "Principal": {"Service": "cloudwatch.amazonaws.com"},
-                            "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
-                            "Resource": "*",
-                        },
-                    ],
-                }
-            ),
+            alias=f"alias/{args.topic_name}",
             tags=tags,
             opts=child,
+            policy=policy_document(
+                # The default key policy: IAM policies in this account decide
+                # who else may use the key (the triage function's role, added later).
+                statement(
+                    "AccountAdministers",
+                    "Allow",
+                    {"AWS": pulumi.Output.format("arn:{0}:iam::{1}:root", args.partition, args.account_id)},
+                    "kms:*",
+                    "*",
+                ),
+                statement(
+                    "CloudWatchAlarmsPublish",
+                    "Allow",
+                    {"Service": "cloudwatch.amazonaws.com"},
+                    ["kms:Decrypt", "kms:GenerateDataKey*"],
+                    "*",
+                ),
+            ),
         )
-        aws.kms.Alias(f"{name}-key-alias", name=f"alias/{args.topic_name}", target_key_id=self.key.key_id, opts=child)
         self.topic: aws.sns.Topic = aws.sns.Topic(
             f"{name}-topic",
             name=args.topic_name,

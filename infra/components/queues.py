@@ -1,4 +1,8 @@
-"""SQS queues: ingest, urgent and backfill, each with its dead-letter queue."""
+"""SQS queues: ingest, urgent and backfill, each with its dead-letter queue.
+
+Per role: the queue (SSE-SQS, redriving to its DLQ after ``max_receive_count``
+receives), the DLQ, and the DLQ's redrive-allow policy naming that queue alone.
+"""
 
 from __future__ import annotations
 

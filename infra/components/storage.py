@@ -1,9 +1,12 @@
 """S3 storage: the raw (PHI), studies (de-identified) and results buckets.
 
-All three are SSE-KMS with one customer key (rotated yearly), block every kind
-of public access and refuse requests that are not TLS. The raw bucket expires
-``raw/`` as a backstop to ingest's own deletes and tells the ingest queue when
-an upload's manifest arrives.
+Declares one customer KMS key (rotated yearly) and, per bucket, SSE-KMS
+default encryption with that key, a block of every kind of public access, a
+policy refusing requests that are not TLS, and lifecycle rules (incomplete
+multipart uploads aborted everywhere). The raw bucket expires ``raw/`` as a
+backstop to ingest's own deletes and notifies the ingest queue when an
+upload's manifest arrives (with the queue policy that lets it); the results
+bucket is versioned and expires superseded versions.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
 from ctfleet.settings import Settings
+from infra.components.keys import customer_key
+from infra.components.policies import policy_document, statement
 
 # S3 general-purpose bucket naming rules (dots allowed but they break
 # virtual-hosted TLS, so settings never produce them; still legal here).
@@ -169,59 +175,140 @@ class Storage(pulumi.ComponentResource):
         super().__init__("ctfleet:infra:Storage", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         tags = dict(args.tags)
-
         # A customer key (not aws/s3) so access to PHI can be audited and
         # revoked per key. No explicit policy: the default one leaves grants to
         # IAM, where the worker and function roles (added later) get them.
-        self.key: aws.kms.Key = aws.kms.Key(
-            f"{name}-key",
+        self.key: aws.kms.Key = customer_key(
+            name,
             description=f"ctfleet S3 encryption ({args.raw_bucket}, {args.studies_bucket}, {args.results_bucket})",
-            enable_key_rotation=True,
-            deletion_window_in_days=30,
+            alias=args.key_alias,
             tags=tags,
             opts=child,
         )
-        aws.kms.Alias(
-            f"{name}-key-alias",
-            name=args.key_alias,
-            target_key_id=self.key.key_id,
-            opts=child,
+        self.buckets: dict[str, aws.s3.Bucket] = {
+            role: self._bucket(f"{name}-{role}", role, bucket_name, args, tags)
+            for role, bucket_name in args.buckets.items()
+        }
+        self.ingest_queue_policy: aws.sqs.QueuePolicy = self._ingest_queue_policy(name, args)
+        self.notification: aws.s3.BucketNotification = self._upload_notification(name, args)
+        self.register_outputs(
+            {
+                "key_arn": self.key.arn,
+                **{f"{role}_bucket": bucket.bucket for role, bucket in self.buckets.items()},
+            }
         )
 
-        self.buckets: dict[str, aws.s3.Bucket] = {}
-        for role, bucket_name in args.buckets.items():
-            self.buckets[role] = self._bucket(name, role, bucket_name, args, tags)
+    def _bucket(
+        self, prefix: str, role: str, bucket_name: str, args: StorageArgs, tags: dict[str, str]
+    ) -> aws.s3.Bucket:
+        """Declare one bucket (Pulumi name ``prefix``) and its sub-configurations."""
+        # `bucket=` pins the exact name; v7's Bucket (ex-BucketV2) takes every
+        # sub-configuration as its own resource, as below.
+        bucket = aws.s3.Bucket(
+            prefix, bucket=bucket_name, tags={**tags, "ctfleet:role": role}, opts=pulumi.ResourceOptions(parent=self)
+        )
+        self._encryption(prefix, bucket)
+        self._tls_only_policy(prefix, bucket, self._public_access_block(prefix, bucket))
+        if role == "results":
+            self._versioning(prefix, bucket)
+        aws.s3.BucketLifecycleConfiguration(
+            f"{prefix}-lifecycle",
+            bucket=bucket.id,
+            rules=lifecycle_rules(role, args),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return bucket
 
-        raw = self.buckets["raw"]
-        self.ingest_queue_policy: aws.sqs.QueuePolicy = aws.sqs.QueuePolicy(
+    def _encryption(self, prefix: str, bucket: aws.s3.Bucket) -> None:
+        """Encrypt ``bucket`` by default with the component's key."""
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{prefix}-encryption",
+            bucket=bucket.id,
+            rules=[
+                aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                    apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                        sse_algorithm="aws:kms", kms_master_key_id=self.key.arn
+                    ),
+                    # Bucket keys cut KMS requests (and their cost and
+                    # throttling) by orders of magnitude for per-slice objects.
+                    bucket_key_enabled=True,
+                )
+            ],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _public_access_block(self, prefix: str, bucket: aws.s3.Bucket) -> aws.s3.BucketPublicAccessBlock:
+        """Block every kind of public access to ``bucket``."""
+        return aws.s3.BucketPublicAccessBlock(
+            f"{prefix}-public-access-block",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _tls_only_policy(
+        self, prefix: str, bucket: aws.s3.Bucket, access_block: aws.s3.BucketPublicAccessBlock
+    ) -> None:
+        """Refuse any request to ``bucket`` that is not TLS."""
+        aws.s3.BucketPolicy(
+            f"{prefix}-policy",
+            bucket=bucket.id,
+            policy=policy_document(
+                statement(
+                    "DenyInsecureTransport",
+                    "Deny",
+                    "*",
+                    "s3:*",
+                    [bucket.arn, pulumi.Output.concat(bucket.arn, "/*")],
+                    {"Bool": {"aws:SecureTransport": "false"}},
+                )
+            ),
+            # S3 rejects concurrent changes to one bucket's access settings;
+            # ordering the policy after the block avoids a flaky first `up`.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[access_block]),
+        )
+
+    def _versioning(self, prefix: str, bucket: aws.s3.Bucket) -> None:
+        """Keep superseded versions of ``bucket``'s objects (results are overwritten on a rerun)."""
+        aws.s3.BucketVersioning(
+            f"{prefix}-versioning",
+            bucket=bucket.id,
+            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _ingest_queue_policy(self, name: str, args: StorageArgs) -> aws.sqs.QueuePolicy:
+        """Let the raw bucket, and only it, send to the ingest queue."""
+        return aws.sqs.QueuePolicy(
             f"{name}-ingest-queue-policy",
             queue_url=args.ingest_queue_url,
-            policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Sid": "RawBucketNotifies",
-                            "Effect": "Allow",
-                            "Principal": {"Service": "s3.amazonaws.com"},
-                            "Action": "sqs:SendMessage",
-                            "Resource": args.ingest_queue_arn,
-                            # Bucket names are global and reusable once deleted:
-                            # the account condition stops a same-named bucket
-                            # elsewhere from sending us uploads.
-                            "Condition": {
-                                "ArnEquals": {"aws:SourceArn": raw.arn},
-                                "StringEquals": {"aws:SourceAccount": args.account_id},
-                            },
-                        }
-                    ],
-                }
+            policy=policy_document(
+                statement(
+                    "RawBucketNotifies",
+                    "Allow",
+                    {"Service": "s3.amazonaws.com"},
+                    "sqs:SendMessage",
+                    args.ingest_queue_arn,
+                    # Bucket names are global and reusable once deleted: the
+                    # account condition stops a same-named bucket elsewhere
+                    # from sending us uploads.
+                    {
+                        "ArnEquals": {"aws:SourceArn": self.buckets["raw"].arn},
+                        "StringEquals": {"aws:SourceAccount": args.account_id},
+                    },
+                )
             ),
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self),
         )
-        self.notification: aws.s3.BucketNotification = aws.s3.BucketNotification(
+
+    def _upload_notification(self, name: str, args: StorageArgs) -> aws.s3.BucketNotification:
+        """Tell the ingest queue when an upload's manifest lands in the raw bucket."""
+        return aws.s3.BucketNotification(
             f"{name}-raw-notification",
-            bucket=raw.id,
+            bucket=self.buckets["raw"].id,
             queues=[
                 aws.s3.BucketNotificationQueueArgs(
                     id="upload-complete",
@@ -237,107 +324,62 @@ class Storage(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.ingest_queue_policy]),
         )
 
-        self.register_outputs(
-            {
-                "key_arn": self.key.arn,
-                **{f"{role}_bucket": bucket.bucket for role, bucket in self.buckets.items()},
-            }
-        )
 
-    def _bucket(
-        self, name: str, role: str, bucket_name: str, args: StorageArgs, tags: dict[str, str]
-    ) -> aws.s3.Bucket:
-        """Declare one bucket and its encryption, access block, policy and lifecycle."""
-        child = pulumi.ResourceOptions(parent=self)
-        prefix = f"{name}-{role}"
-        # `bucket=` pins the exact name; v7's Bucket (ex-BucketV2) takes every
-        # sub-configuration as its own resource, as below.
-        bucket = aws.s3.Bucket(prefix, bucket=bucket_name, tags={**tags, "ctfleet:role": role}, opts=child)
+def _lifecycle_rule(rule_id: str, prefix: str, **action: Any) -> aws.s3.BucketLifecycleConfigurationRuleArgs:
+    """An enabled lifecycle rule applying ``action`` (one rule argument) to keys under ``prefix``."""
+    return aws.s3.BucketLifecycleConfigurationRuleArgs(
+        id=rule_id,
+        status="Enabled",
+        filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=prefix),
+        **action,
+    )
 
-        aws.s3.BucketServerSideEncryptionConfiguration(
-            f"{prefix}-encryption",
-            bucket=bucket.id,
-            rules=[
-                aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
-                    apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
-                        sse_algorithm="aws:kms", kms_master_key_id=self.key.arn
-                    ),
-                    # Bucket keys cut KMS requests (and their cost and
-                    # throttling) by orders of magnitude for per-slice objects.
-                    bucket_key_enabled=True,
-                )
-            ],
-            opts=child,
-        )
-        access_block = aws.s3.BucketPublicAccessBlock(
-            f"{prefix}-public-access-block",
-            bucket=bucket.id,
-            block_public_acls=True,
-            block_public_policy=True,
-            ignore_public_acls=True,
-            restrict_public_buckets=True,
-            opts=child,
-        )
-        aws.s3.BucketPolicy(
-            f"{prefix}-policy",
-            bucket=bucket.id,
-            policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Sid": "DenyInsecureTransport",
-                            "Effect": "Deny",
-                            "Principal": "*",
-                            "Action": "s3:*",
-                            "Resource": [bucket.arn, pulumi.Output.concat(bucket.arn, "/*")],
-                            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-                        }
-                    ],
-                }
+
+def lifecycle_rules(role: str, args: StorageArgs) -> list[aws.s3.BucketLifecycleConfigurationRuleArgs]:
+    """The lifecycle rules of the ``role`` bucket.
+
+    Every bucket aborts incomplete multipart uploads; the raw bucket also
+    expires ``raw/``, the results bucket its superseded versions.
+
+    Parameters
+    ----------
+    role
+        ``raw``, ``studies`` or ``results``.
+    args
+        The storage's arguments (days and prefix).
+
+    Returns
+    -------
+    list of aws.s3.BucketLifecycleConfigurationRuleArgs
+        In a fixed order, so a rerun shows no diff.
+    """
+    rules = [
+        _lifecycle_rule(
+            "abort-incomplete-multipart",
+            "",
+            abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
+                days_after_initiation=args.multipart_abort_days
             ),
-            # S3 rejects concurrent changes to one bucket's access settings;
-            # ordering the policy after the block avoids a flaky first `up`.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[access_block]),
         )
-
-        rules = [
-            aws.s3.BucketLifecycleConfigurationRuleArgs(
-                id="abort-incomplete-multipart",
-                status="Enabled",
-                filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
-                abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
-                    days_after_initiation=args.multipart_abort_days
+    ]
+    if role == "raw":
+        # Ingest deletes raw objects once read; this is the backstop for
+        # uploads that never complete or fail before that delete.
+        rules.append(
+            _lifecycle_rule(
+                "expire-raw",
+                args.raw_prefix,
+                expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(days=args.raw_expiry_days),
+            )
+        )
+    if role == "results":
+        rules.append(
+            _lifecycle_rule(
+                "expire-noncurrent-results",
+                "",
+                noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                    noncurrent_days=args.results_noncurrent_days
                 ),
             )
-        ]
-        if role == "raw":
-            # Ingest deletes raw objects once read; this is the backstop for
-            # uploads that never complete or fail before that delete.
-            rules.append(
-                aws.s3.BucketLifecycleConfigurationRuleArgs(
-                    id="expire-raw",
-                    status="Enabled",
-                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=args.raw_prefix),
-                    expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(days=args.raw_expiry_days),
-                )
-            )
-        if role == "results":
-            aws.s3.BucketVersioning(
-                f"{prefix}-versioning",
-                bucket=bucket.id,
-                versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
-                opts=child,
-            )
-            rules.append(
-                aws.s3.BucketLifecycleConfigurationRuleArgs(
-                    id="expire-noncurrent-results",
-                    status="Enabled",
-                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
-                    noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
-                        noncurrent_days=args.results_noncurrent_days
-                    ),
-                )
-            )
-        aws.s3.BucketLifecycleConfiguration(f"{prefix}-lifecycle", bucket=bucket.id, rules=rules, opts=child)
-        return bucket
+        )
+    return rules

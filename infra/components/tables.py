@@ -1,4 +1,8 @@
-"""DynamoDB tables: studies (with the stream triage reads) and uploads (with TTL)."""
+"""DynamoDB tables: studies (with the stream triage reads) and uploads (with TTL).
+
+Each table is on-demand, KMS-encrypted and point-in-time recoverable, with the
+global secondary indexes its :class:`ctfleet.settings.TableSpec` lists.
+"""
 
 from __future__ import annotations
 

@@ -9,8 +9,11 @@ blocks, lifecycle and the upload notification.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import importlib
 import json
+import typing
 import logging
 import os
 import runpy
@@ -398,6 +401,33 @@ def test_alerts_topic_is_kms_encrypted_for_alarms(program: Program) -> None:
     statements = {s["Sid"]: s for s in json.loads(key.inputs["policy"])["Statement"]}
     assert statements["AccountAdministers"]["Principal"] == {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}
     assert statements["CloudWatchAlarmsPublish"]["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+
+
+# -- the program's shape --------------------------------------------------------------
+
+
+def test_infra_reads_only_the_settings_from_ctfleet() -> None:
+    """infra/ shares the runtime's names through ``ctfleet.settings`` and nothing else of ctfleet."""
+    imported: set[str] = set()
+    for path in sorted((REPO / "infra").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert {name for name in imported if name.split(".")[0] == "ctfleet"} == {"ctfleet.settings"}
+
+
+def test_every_component_takes_a_frozen_dataclass_of_args() -> None:
+    import infra.components as components
+
+    classes = [getattr(components, name) for name in components.__all__]
+    resources = [c for c in classes if issubclass(c, pulumi.ComponentResource)]
+    assert len(resources) == 4
+    for component in resources:
+        args = typing.get_type_hints(component.__init__)["args"]
+        assert isinstance(args, type) and args.__name__ == f"{component.__name__}Args", component
+        assert dataclasses.is_dataclass(args) and getattr(args, "__dataclass_params__").frozen, component
 
 
 # -- the stack's settings -------------------------------------------------------------
