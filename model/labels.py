@@ -1,4 +1,4 @@
-"""What the model's outputs mean: label values and triage levels, defined here once.
+"""What the model's outputs mean: label values, triage levels and report flags, defined here once.
 
 Pure Python (no torch): the kernel's contracts re-export these names, so the
 handlers speak the same words without importing the model's compute.
@@ -23,3 +23,10 @@ class TriageLevel:
     MEDIUM = "MEDIUM"
     HIGH = "HIGH"
     ALL = (LOW, MEDIUM, HIGH)
+
+
+class Flag:
+    """Entries of ``report["flags"]``: what an analyzer noticed about the study."""
+
+    NOT_A_CHEST = "not_a_chest"  # no plausible lungs: no labels, score 0, level LOW
+    ONE_LUNG_ONLY = "one_lung_only"  # one side has under a tenth of the other's lung volume

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-__all__ = ["dilate", "erode", "opening", "closing", "label", "fill_2d", "hull_2d", "upsample"]
+__all__ = ["dilate", "erode", "opening", "closing", "label", "keep_large", "fill_2d", "hull_2d", "shift", "upsample"]
 
 
 def _dilate1(mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -110,6 +110,14 @@ def label(mask: torch.Tensor, max_iter: int = 200) -> tuple[torch.Tensor, torch.
     return _label_flat(mask, max_iter)
 
 
+def keep_large(mask: torch.Tensor, min_voxels: float) -> torch.Tensor:
+    """The 6-connected components of ``mask`` (bool ``(Z, Y, X)``) with at least ``min_voxels`` voxels."""
+    lab, sizes = label(mask)
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[lab]
+
+
 def _label_flat(mask: torch.Tensor, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
     shape = mask.shape
     device = mask.device
@@ -158,6 +166,19 @@ def _label_flat(mask: torch.Tensor, max_iter: int) -> tuple[torch.Tensor, torch.
     out[idx] = inverse + 1
     sizes = torch.bincount(out, minlength=roots.numel() + 1)
     return out.view(shape), sizes
+
+
+def shift(t: torch.Tensor, dim: int, d: int) -> torch.Tensor:
+    """``out[i] = t[i - d]`` along ``dim`` (False, or zero, shifted in at the border)."""
+    n = t.shape[dim]
+    out = torch.zeros_like(t)
+    if abs(d) >= n:
+        return out
+    if d > 0:
+        out.narrow(dim, d, n - d).copy_(t.narrow(dim, 0, n - d))
+    else:
+        out.narrow(dim, 0, n + d).copy_(t.narrow(dim, -d, n + d))
+    return out
 
 
 def fill_2d(mask: torch.Tensor) -> torch.Tensor:

@@ -8,41 +8,35 @@ spacing is resampled with ``torch.nn.functional.interpolate``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .labels import Label
+from .orientation import Orientation
+
 __all__ = ["render_overlays", "LUNG_WINDOW", "COLOURS"]
 
 LUNG_WINDOW = (-600.0, 1500.0)  # level, width (HU)
-COLOURS = {1: (0, 220, 0), 2: (255, 230, 0), 3: (255, 40, 40)}  # lung green, GGO yellow, consolidation red
-_FILL_ALPHA = {2: 0.35, 3: 0.5}
-_NAMES = {1: "LUNG", 2: "GGO", 3: "CONSOLIDATION"}
+# lung green, GGO yellow, consolidation red
+COLOURS = {Label.LUNG: (0, 220, 0), Label.GGO: (255, 230, 0), Label.CONSOLIDATION: (255, 40, 40)}
+_FILL_ALPHA = {Label.GGO: 0.35, Label.CONSOLIDATION: 0.5}
+_NAMES = {Label.LUNG: "LUNG", Label.GGO: "GGO", Label.CONSOLIDATION: "CONSOLIDATION"}
 
-# A 3x5 bitmap font with just the letters the legend needs.
-_GLYPHS = {
-    "A": ("010", "101", "111", "101", "101"),
-    "C": ("011", "100", "100", "100", "011"),
-    "D": ("110", "101", "101", "101", "110"),
-    "G": ("011", "100", "101", "101", "011"),
-    "I": ("111", "010", "010", "010", "111"),
-    "L": ("100", "100", "100", "100", "111"),
-    "N": ("101", "111", "111", "101", "101"),
-    "O": ("010", "101", "101", "101", "010"),
-    "R": ("110", "101", "110", "101", "101"),
-    "S": ("011", "100", "010", "001", "110"),
-    "T": ("111", "010", "010", "010", "010"),
-    "U": ("101", "101", "101", "101", "111"),
-    " ": ("000", "000", "000", "000", "000"),
-}
+# A 3x5 bitmap font with just the letters the legend needs: per letter, its
+# five rows (top first) of three pixels each; any other character is blank.
+_FONT = (
+    "A:010101111101101 C:011100100100011 D:110101101101110 G:011100101101011 I:111010010010111 L:100100100100111 "
+    "N:101111111101101 O:010101101101010 R:110101110101101 S:011100010001110 T:111010010010010 U:101101101101111"
+)
+_GLYPHS = {ch: tuple(bits[r : r + 3] for r in range(0, 15, 3)) for ch, bits in (g.split(":") for g in _FONT.split())}
+_BLANK = ("000",) * 5
 
 
 def _text(img: np.ndarray, text: str, y: int, x: int, colour: tuple[int, int, int], scale: int) -> None:
     h, w = img.shape[:2]
     for i, ch in enumerate(text):
-        glyph = _GLYPHS.get(ch, _GLYPHS[" "])
+        glyph = _GLYPHS.get(ch, _BLANK)
         for r, row in enumerate(glyph):
             for c, bit in enumerate(row):
                 if bit == "1":
@@ -56,7 +50,7 @@ def _legend(img: np.ndarray) -> None:
     line = 7 * scale
     width = (len("CONSOLIDATION") * 4 + 6) * scale + 2 * scale
     img[: 3 * line + 2 * scale, : width] = (img[: 3 * line + 2 * scale, : width] * 0.3).astype(np.uint8)
-    for k, label in enumerate((1, 2, 3)):
+    for k, label in enumerate((Label.LUNG, Label.GGO, Label.CONSOLIDATION)):
         y = scale + k * line
         img[y : y + 5 * scale, scale : 5 * scale] = COLOURS[label]
         _text(img, _NAMES[label], y, 7 * scale, (255, 255, 255), scale)
@@ -85,8 +79,8 @@ def _compose(hu: np.ndarray, labels: np.ndarray) -> np.ndarray:
         if m.any():
             rgb[m] = rgb[m] * (1 - alpha) + np.asarray(COLOURS[lab], np.float32) * alpha
     out = rgb.astype(np.uint8)
-    out[_outline(labels > 0)] = COLOURS[1]
-    for lab in (2, 3):
+    out[_outline(labels > 0)] = COLOURS[Label.LUNG]
+    for lab in (Label.GGO, Label.CONSOLIDATION):
         out[_outline(labels == lab)] = COLOURS[lab]
     _legend(out)
     return out
@@ -107,11 +101,45 @@ def _expand_counts(counts: torch.Tensor, factor: int, n: int) -> torch.Tensor:
     return counts
 
 
+def _profiles(
+    labels: torch.Tensor, grid: tuple[torch.Tensor, tuple[int, int, int]] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lung voxels per slice, lesion voxels per slice, lung voxels per row (``Y``) of a ``(Z, Y, X)`` label map.
+
+    With ``grid`` (the labels before upsampling, and the factors), counted there.
+    """
+    nz, ny, _ = labels.shape
+    if grid is None:
+        lung = labels.gt(0)
+        return lung.sum(dim=(1, 2)), labels.ge(Label.GGO).sum(dim=(1, 2)), lung.sum(dim=(0, 2))
+    lab_g, factors = grid
+    fz, fy, fx = (int(f) for f in factors)
+    lung_g = lab_g.gt(0)
+    lung_z = _expand_counts(lung_g.sum(dim=(1, 2)) * (fy * fx), fz, nz)
+    lesion_z = _expand_counts(lab_g.ge(Label.GGO).sum(dim=(1, 2)) * (fy * fx), fz, nz)
+    lung_y = _expand_counts(lung_g.sum(dim=(0, 2)) * (fz * fx), fy, ny)
+    return lung_z, lesion_z, lung_y
+
+
+def _axial_picks(lung_z: torch.Tensor, lesion_z: torch.Tensor, nz: int) -> list[int]:
+    """Canonical slices to draw: the one with most lesion, then the lungs' middle, lower and upper sixth."""
+    picks: list[int] = []
+    if bool(lesion_z.any()):
+        picks.append(int(torch.argmax(lesion_z)))
+    if bool(lung_z.any()):
+        zs = torch.nonzero(lung_z).squeeze(1)
+        lo, hi = int(zs.min()), int(zs.max())
+        picks += [lo + (hi - lo) // 2, lo + (hi - lo) // 6, lo + 5 * (hi - lo) // 6]
+    else:
+        picks.append(nz // 2)
+    return list(dict.fromkeys(picks))
+
+
 def render_overlays(
     hu: torch.Tensor,
     labels: torch.Tensor,
     spacing_mm: tuple[float, float, float],
-    orient: Any,
+    orient: Orientation,
     grid: tuple[torch.Tensor, tuple[int, int, int]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Axial key slices and a coronal overview.
@@ -124,7 +152,7 @@ def render_overlays(
         uint8 ``(Z, Y, X)``, same grid.
     spacing_mm : tuple of float
         Canonical ``(z, y, x)`` spacing in mm.
-    orient : model.analysis._Orientation
+    orient : model.orientation.Orientation
         Used to name axial slices by their index in the input array.
     grid : (torch.Tensor, tuple of int), optional
         The labels on the grid ``labels`` was upsampled from (by voxel
@@ -141,29 +169,10 @@ def render_overlays(
     sz, sy, sx = spacing_mm
     pix = min(sy, sx)
     in_plane = (max(1, int(round(ny * sy / pix))), max(1, int(round(nx * sx / pix))))
-    if grid is not None:
-        lab_g, factors = grid
-        fz, fy, fx = (int(f) for f in factors)
-        lung_g = lab_g.gt(0)
-        lung_z = _expand_counts(lung_g.sum(dim=(1, 2)) * (fy * fx), fz, nz)
-        lesion_z = _expand_counts(lab_g.ge(2).sum(dim=(1, 2)) * (fy * fx), fz, nz)
-        lung_y = _expand_counts(lung_g.sum(dim=(0, 2)) * (fz * fx), fy, ny)
-    else:
-        lung_z = labels.gt(0).sum(dim=(1, 2))
-        lesion_z = labels.ge(2).sum(dim=(1, 2))
-        lung_y = labels.gt(0).sum(dim=(0, 2))
-    picks: list[int] = []
-    if bool(lesion_z.any()):
-        picks.append(int(torch.argmax(lesion_z)))
-    if bool(lung_z.any()):
-        zs = torch.nonzero(lung_z).squeeze(1)
-        lo, hi = int(zs.min()), int(zs.max())
-        picks += [lo + (hi - lo) // 2, lo + (hi - lo) // 6, lo + 5 * (hi - lo) // 6]
-    else:
-        picks.append(nz // 2)
+    lung_z, lesion_z, lung_y = _profiles(labels, grid)
     flipped = 0 in orient.flip
     out: dict[str, np.ndarray] = {}
-    for k in dict.fromkeys(picks):
+    for k in _axial_picks(lung_z, lesion_z, nz):
         index = nz - 1 - k if flipped else k
         h, lab = _resample(hu[k], labels[k], in_plane)
         out[f"axial_{index:03d}"] = _compose(h, lab)

@@ -11,7 +11,7 @@ Names resolve in this order:
 1. a registered name (``"default"`` is the built-in :func:`model.analysis.analyze`);
 2. a local path to an exported network (a ``.pt``/``.pt2`` file with a
    ``model.json`` beside it, a ``model.json``, or a folder holding one),
-   see :mod:`model.scripted`.
+   see :mod:`model.exported`.
 
 Anything else raises :class:`ModelError` ``unknown_model``.
 """
@@ -27,6 +27,7 @@ from typing import Callable, Protocol, runtime_checkable
 import torch
 
 from .analysis import MODEL_VERSION, Analysis, analyze
+from .device import resolve_device
 from .volume import Volume
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "clear_cache",
     "get",
     "register",
-    "resolve_device",
 ]
 
 
@@ -76,7 +76,7 @@ class Analyzer(Protocol):
     def version(self) -> str: ...
 
     def __call__(self, volume: Volume, device: str | torch.device = "auto", *, high_threshold: float = 0.85) -> Analysis:
-        """Analyse one CT ``volume`` (HU, ``(Z, Y, X)``) on ``device``; see :func:`model.analyze`."""
+        """Analyze one CT ``volume`` (HU, ``(Z, Y, X)``) on ``device``; see :func:`model.analyze`."""
         ...
 
 
@@ -97,17 +97,6 @@ Factory = Callable[[torch.device], Analyzer]
 _lock = threading.RLock()
 _factories: dict[str, Factory] = {"default": lambda device: BuiltinAnalyzer()}
 _cache: dict[tuple[object, ...], Analyzer] = {}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device``."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        # One cache entry for "cuda" and "cuda:0".
-        dev = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
-    return dev
 
 
 def register(name: str, factory: Factory, *, replace: bool = False) -> None:
@@ -158,7 +147,7 @@ def get(name_or_path: str | os.PathLike[str], device: str | torch.device = "auto
     ----------
     name_or_path : str or os.PathLike
         A registered name (``"default"``), or a local path accepted by
-        :func:`model.scripted.load`.
+        :func:`model.exported.loader.load`.
     device : str or torch.device
         Where weights live and inference runs (``"auto"``, ``"cpu"``, ``"cuda"``).
         Call the analyzer with the same device.
@@ -186,7 +175,9 @@ def get(name_or_path: str | os.PathLike[str], device: str | torch.device = "auto
         path = Path(key_name).expanduser()
         if not path.exists():
             raise ModelError("unknown_model", f"no analyzer named {key_name!r} and no such path; registered: {', '.join(available())}")
-        from .scripted import load, locate  # local: the default analyzer needs no torch.jit/export machinery
+        # local: the default analyzer needs no torch.jit/export machinery
+        from .exported.config import locate
+        from .exported.loader import load
 
         config_path, weights_path = locate(path)
         st = weights_path.stat()

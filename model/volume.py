@@ -1,4 +1,4 @@
-"""The one input type of the model: a CT volume in Hounsfield units."""
+"""The one input type of the model: a CT volume in Hounsfield units (numpy only, no torch)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+__all__ = ["Volume", "VolumeError"]
+
 
 class VolumeError(ValueError):
-    """A volume that cannot be analysed (bad shape, spacing or geometry).
+    """A volume that cannot be analyzed (bad shape, spacing or geometry).
 
     ``reason`` is a short machine-readable code, recorded by the caller.
     """
@@ -71,6 +73,23 @@ class Volume:
         z, y, x = self.spacing_mm
         return z * y * x / 1000.0
 
+    def check_analyzable(self) -> None:
+        """Refuse a volume that cannot be a chest CT at all, whatever an analyzer would make of it.
+
+        Raises
+        ------
+        VolumeError
+            ``too_few_slices`` under 8 voxels along an axis; ``bad_spacing`` for a
+            voxel size above 20 mm or below 0.05 mm.
+        """
+        z, y, x = self.shape
+        if min(z, y, x) < 8:
+            raise VolumeError("too_few_slices", f"need at least 8 voxels along every axis, got shape {self.shape}")
+        if max(self.spacing_mm) > 20.0:
+            raise VolumeError("bad_spacing", f"voxel size {self.spacing_mm} mm exceeds 20 mm")
+        if min(self.spacing_mm) < 0.05:
+            raise VolumeError("bad_spacing", f"voxel size {self.spacing_mm} mm is implausibly small")
+
     @classmethod
     def from_spacing(cls, hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> "Volume":
         """A volume with a plain axial affine: X to patient left, Y to posterior, Z to superior.
@@ -81,3 +100,4 @@ class Volume:
         sz, sy, sx = (float(s) for s in spacing_mm)
         affine = np.diag([-sx, -sy, sz, 1.0])  # LPS index directions expressed in RAS+
         return cls(hu=hu, spacing_mm=(sz, sy, sx), affine=affine)
+

@@ -11,11 +11,12 @@ measured from the centre of voxel ``(0, 0, 0)``, in ``(z, y, x)`` order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ctfleet.contracts import Label
+from model.labels import Label
 
 __all__ = [
     "Opacity", "Phantom", "PhantomSpec", "PRESETS", "chest_phantom", "lung_point_mm", "from_preset",
@@ -84,7 +85,7 @@ class Phantom:
     spacing_mm : tuple of float
         ``(z, y, x)`` voxel size in mm.
     truth : numpy.ndarray
-        uint8 ``(Z, Y, X)`` with :class:`ctfleet.contracts.Label` values: lung
+        uint8 ``(Z, Y, X)`` with :class:`model.labels.Label` values: lung
         (vessels included, airways excluded), GGO and consolidation.
     """
 
@@ -185,6 +186,131 @@ def _segment_distance(
     return np.sqrt((zz - p0[0] - t * d[0]) ** 2 + (yy - p0[1] - t * d[1]) ** 2 + (xx - p0[2] - t * d[2]) ** 2)
 
 
+def _grid(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    nz, ny, nx = shape
+    sz, sy, sx = spacing
+    return (
+        (np.arange(nz, dtype=np.float32) * sz)[:, None, None],
+        (np.arange(ny, dtype=np.float32) * sy)[None, :, None],
+        (np.arange(nx, dtype=np.float32) * sx)[None, None, :],
+    )
+
+
+_Axes = tuple[np.ndarray, np.ndarray, np.ndarray]  # (zz, yy, xx) array mm, broadcastable to (Z, Y, X)
+
+
+def _paint_spine(hu: np.ndarray, g: _Geometry, yy: np.ndarray, xx: np.ndarray) -> None:
+    """Vertebral body (marrow inside a cortical shell), posterior midline."""
+    spine_r = np.sqrt((xx - g.cx) ** 2 + (yy - (g.cy + 0.62 * g.ay)) ** 2)
+    hu[np.broadcast_to(spine_r <= 16.0, hu.shape)] = HU_BONE_CORTEX
+    hu[np.broadcast_to(spine_r <= 12.5, hu.shape)] = HU_BONE_MARROW
+
+
+def _paint_table(hu: np.ndarray, g: _Geometry, yy: np.ndarray, xx: np.ndarray) -> None:
+    """Patient table: a dense slab below (posterior to) the body, separated by air."""
+    table_y0 = g.cy + g.ay + 10.0
+    table = (yy >= table_y0) & (yy <= table_y0 + 18.0) & (np.abs(xx - g.cx) <= 0.9 * g.cx)
+    hu[np.broadcast_to(table, hu.shape)] = HU_TABLE
+
+
+def _paint_chest_wall(hu: np.ndarray, g: _Geometry, axes: _Axes) -> tuple[np.ndarray, np.ndarray]:
+    """Body with its fat ring, the table, ribs and spine; returns the body's radius map and its inner (non-fat) part."""
+    zz, yy, xx = axes
+    # Body: elliptic cylinder with a subcutaneous fat ring.
+    rad = np.sqrt(((xx - g.cx) / g.ax) ** 2 + ((yy - g.cy) / g.ay) ** 2)  # (1, Y, X)
+    hu[np.broadcast_to(rad <= 1.0, hu.shape)] = HU_FAT
+    inner = np.broadcast_to(rad <= 1.0 - 12.0 / g.ay, hu.shape)
+    hu[inner] = HU_SOFT
+    _paint_table(hu, g, yy, xx)
+    # Ribs: short elliptic bands every ~22 mm, open at the sternum.
+    rib_levels = np.arange(0.1 * g.z_len, g.z_len, 22.0)
+    near_rib_z = np.min(np.abs(zz[..., None] - rib_levels.astype(np.float32)), axis=-1)  # (Z, 1, 1)
+    rib_ring = (rad >= 0.86) & (rad <= 0.91) & ~((np.abs(xx - g.cx) < 30.0) & (yy < g.cy))
+    hu[(near_rib_z <= 4.5) & rib_ring] = HU_BONE_CORTEX
+    _paint_spine(hu, g, yy, xx)
+    return rad, inner
+
+
+def _lung_masks(g: _Geometry, axes: _Axes, rad: np.ndarray) -> dict[str, np.ndarray]:
+    """Per side: elliptic cross-sections inside the rib cage, dome-shaped bases, tapering apices, around the heart."""
+    zz, yy, xx = axes
+    lungs: dict[str, np.ndarray] = {}
+    for side in ("right", "left"):
+        ex = (xx - g.lung_cx[side]) / g.lung_rx[side]
+        ey = (yy - g.lung_cy) / g.lung_ry
+        e2 = ex**2 + ey**2  # (1, Y, X)
+        z0, z1 = g.lung_z0[side], g.lung_z1
+        dome = z0 + 0.12 * g.z_len * np.clip(1.0 - e2, 0.0, 1.0)  # base higher at the centre
+        taper = np.clip((z1 - zz) / (0.35 * (z1 - z0)), 0.0, 1.0)  # apex narrows
+        lungs[side] = (e2 <= np.sqrt(taper)) & (zz >= dome) & (zz <= z1) & (rad <= 0.84)
+    return lungs
+
+
+def _heart(g: _Geometry, axes: _Axes) -> np.ndarray:
+    """Anterior, slightly left, low in the chest; the lungs wrap around it."""
+    zz, yy, xx = axes
+    return (
+        ((xx - (g.cx + 0.12 * g.ax)) / (0.38 * g.ax)) ** 2
+        + ((yy - (g.cy - 0.20 * g.ay)) / (0.55 * g.ay)) ** 2
+        + ((zz - 0.32 * g.z_len) / (0.28 * g.z_len)) ** 2
+    ) <= 1.0
+
+
+def _paint_vessels(hu: np.ndarray, lungs: dict[str, np.ndarray], g: _Geometry, axes: _Axes,
+                   spacing: tuple[float, float, float], rng: np.random.Generator) -> None:
+    """Thin tubes fanning out from each hilum (10 per lung, random targets)."""
+    zz, yy, xx = axes
+    shape = (hu.shape[0], hu.shape[1], hu.shape[2])
+    for side in ("right", "left"):
+        lung = lungs[side]
+        if not lung.any():
+            continue
+        hilum = np.array([0.55 * g.z_len, g.lung_cy - 0.05 * g.lung_ry, g.lung_cx[side] + (0.7 if side == "right" else -0.7) * g.lung_rx[side]])
+        for _ in range(10):
+            target: np.ndarray = np.array(
+                lung_point_mm(side, (rng.uniform(0.05, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.5, 1.0)), shape, spacing)
+            )
+            radius = rng.uniform(1.2, 2.0)
+            tube = _segment_distance(zz, yy, xx, hilum, target) <= radius
+            hu[tube & lung] = HU_BLOOD
+
+
+def _paint_airways(hu: np.ndarray, g: _Geometry, axes: _Axes, sz: float, outside: np.ndarray) -> np.ndarray:
+    """Trachea down to the carina, then two main bronchi into the hila; returns the airway mask.
+
+    The trachea's wall is soft tissue where ``outside`` (not lung, inside the body's fat ring) allows.
+    """
+    zz, yy, xx = axes
+    carina = np.array([0.62 * g.z_len, g.cy - 0.1 * g.ay, g.cx])
+    top = np.array([g.z_len + sz, carina[1], carina[2]])
+    airway = _segment_distance(zz, yy, xx, carina, top) <= 8.0
+    for side in ("right", "left"):
+        direction = -1.0 if side == "right" else 1.0
+        end = np.array([0.50 * g.z_len, g.lung_cy - 0.05 * g.lung_ry, g.lung_cx[side] - direction * 0.55 * g.lung_rx[side]])
+        airway |= _segment_distance(zz, yy, xx, carina, end) <= 5.5
+    wall = _segment_distance(zz, yy, xx, carina, top) <= 10.0
+    hu[wall & ~airway & outside] = HU_SOFT
+    hu[airway] = HU_AIR
+    return airway
+
+
+def _paint_opacities(hu: np.ndarray, truth: np.ndarray, opacities: Sequence[Opacity], axes: _Axes, airway: np.ndarray) -> None:
+    """Opacities, clipped to the lung (airways stay air)."""
+    zz, yy, xx = axes
+    lung_any = (truth == Label.LUNG) | (truth > Label.LUNG)
+    for op in opacities:
+        cz, cy_, cx_ = op.center_mm
+        sphere = ((zz - cz) ** 2 + (yy - cy_) ** 2 + (xx - cx_) ** 2) <= op.radius_mm**2
+        region = sphere & lung_any & ~airway
+        if op.kind == "ggo":
+            # Keep vessels visible through ground glass, as in real GGO.
+            hu[region & (hu < -200)] = op.value_hu
+            truth[region & (truth != Label.CONSOLIDATION)] = Label.GGO
+        else:
+            hu[region] = op.value_hu
+            truth[region] = Label.CONSOLIDATION
+
+
 def chest_phantom(
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing_mm: tuple[float, float, float] = DEFAULT_SPACING_MM,
@@ -208,125 +334,36 @@ def chest_phantom(
     -------
     Phantom
         ``hu`` float32 ``(Z, Y, X)`` in HU and the ``truth`` label map.
+
+    Raises
+    ------
+    ValueError
+        For a shape that is not three positive integers.
     """
-    shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
-    spacing = tuple(float(s) for s in spacing_mm)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"shape must be three positive ints, got {shape}")
+    full = tuple(int(s) for s in shape)
+    if len(full) != 3 or min(full) < 1:
+        raise ValueError(f"shape must be three positive ints, got {full}")
+    shape = (full[0], full[1], full[2])
+    sz, sy, sx = (float(s) for s in spacing_mm)
+    spacing = (sz, sy, sx)
     rng = np.random.default_rng(seed)
-    g = _geometry(shape, spacing)  # type: ignore[arg-type]
-    nz, ny, nx = shape
-    sz, sy, sx = spacing
-    zz = (np.arange(nz, dtype=np.float32) * sz)[:, None, None]
-    yy = (np.arange(ny, dtype=np.float32) * sy)[None, :, None]
-    xx = (np.arange(nx, dtype=np.float32) * sx)[None, None, :]
-    full = (nz, ny, nx)
-
-    hu = np.full(full, HU_AIR, dtype=np.float32)
-    truth = np.zeros(full, dtype=np.uint8)
-
-    # Body: elliptic cylinder with a subcutaneous fat ring.
-    rad = np.sqrt(((xx - g.cx) / g.ax) ** 2 + ((yy - g.cy) / g.ay) ** 2)  # (1, Y, X)
-    body = np.broadcast_to(rad <= 1.0, full)
-    hu[body] = HU_FAT
-    inner = np.broadcast_to(rad <= 1.0 - 12.0 / g.ay, full)
-    hu[inner] = HU_SOFT
-
-    # Patient table: a dense slab below (posterior to) the body, separated by air.
-    table_y0 = g.cy + g.ay + 10.0
-    table = (yy >= table_y0) & (yy <= table_y0 + 18.0) & (np.abs(xx - g.cx) <= 0.9 * g.cx)
-    hu[np.broadcast_to(table, full)] = HU_TABLE
-
-    # Ribs: short elliptic bands every ~22 mm, open at the sternum.
-    rib_levels = np.arange(0.1 * g.z_len, g.z_len, 22.0)
-    near_rib_z = np.min(np.abs(zz[..., None] - rib_levels.astype(np.float32)), axis=-1)  # (Z, 1, 1)
-    rib_ring = (rad >= 0.86) & (rad <= 0.91) & ~((np.abs(xx - g.cx) < 30.0) & (yy < g.cy))
-    ribs = (near_rib_z <= 4.5) & rib_ring
-    hu[ribs] = HU_BONE_CORTEX
-
-    # Spine: vertebral body (marrow inside a cortical shell), posterior midline.
-    spine_y = g.cy + 0.62 * g.ay
-    spine_r = np.sqrt((xx - g.cx) ** 2 + (yy - spine_y) ** 2)
-    hu[np.broadcast_to(spine_r <= 16.0, full)] = HU_BONE_CORTEX
-    hu[np.broadcast_to(spine_r <= 12.5, full)] = HU_BONE_MARROW
-
-    # Lungs: elliptic cross-sections inside the rib cage, dome-shaped bases,
-    # tapering apices.
-    lungs: dict[str, np.ndarray] = {}
-    for side in ("right", "left"):
-        ex = (xx - g.lung_cx[side]) / g.lung_rx[side]
-        ey = (yy - g.lung_cy) / g.lung_ry
-        e2 = ex**2 + ey**2  # (1, Y, X)
-        z0, z1 = g.lung_z0[side], g.lung_z1
-        dome = z0 + 0.12 * g.z_len * np.clip(1.0 - e2, 0.0, 1.0)  # base higher at the centre
-        taper = np.clip((z1 - zz) / (0.35 * (z1 - z0)), 0.0, 1.0)  # apex narrows
-        lung = (e2 <= np.sqrt(taper)) & (zz >= dome) & (zz <= z1) & (rad <= 0.84)
-        lungs[side] = lung
-    # Heart: anterior, slightly left, low in the chest; the lungs wrap around it.
-    heart = (
-        ((xx - (g.cx + 0.12 * g.ax)) / (0.38 * g.ax)) ** 2
-        + ((yy - (g.cy - 0.20 * g.ay)) / (0.55 * g.ay)) ** 2
-        + ((zz - 0.32 * g.z_len) / (0.28 * g.z_len)) ** 2
-    ) <= 1.0
-    for side in lungs:
-        lungs[side] = lungs[side] & ~heart
-        hu[lungs[side]] = HU_LUNG
-        truth[lungs[side]] = Label.LUNG
+    g = _geometry(shape, spacing)
+    axes = _grid(shape, spacing)
+    hu = np.full(shape, HU_AIR, dtype=np.float32)
+    truth = np.zeros(shape, dtype=np.uint8)
+    rad, inner = _paint_chest_wall(hu, g, axes)
+    heart = _heart(g, axes)
+    lungs = {side: mask & ~heart for side, mask in _lung_masks(g, axes, rad).items()}
+    for mask in lungs.values():
+        hu[mask] = HU_LUNG
+        truth[mask] = Label.LUNG
     hu[heart & inner] = HU_BLOOD
-
-    # Vessels: thin tubes fanning out from each hilum.
-    for side in ("right", "left"):
-        lung = lungs[side]
-        if not lung.any():
-            continue
-        hilum = np.array([0.55 * g.z_len, g.lung_cy - 0.05 * g.lung_ry, g.lung_cx[side] + (0.7 if side == "right" else -0.7) * g.lung_rx[side]])
-        for _ in range(10):
-            target: np.ndarray = np.array(
-                lung_point_mm(side, (rng.uniform(0.05, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.5, 1.0)), shape, spacing)  # type: ignore[arg-type]
-            )
-            radius = rng.uniform(1.2, 2.0)
-            tube = _segment_distance(zz, yy, xx, hilum, target) <= radius
-            hu[tube & lung] = HU_BLOOD
-
-    # Trachea down to the carina, then two main bronchi into the hila.
-    carina = np.array([0.62 * g.z_len, g.cy - 0.1 * g.ay, g.cx])
-    top = np.array([g.z_len + sz, carina[1], carina[2]])
-    airway = _segment_distance(zz, yy, xx, carina, top) <= 8.0
-    for side in ("right", "left"):
-        direction = -1.0 if side == "right" else 1.0
-        end = np.array([0.50 * g.z_len, g.lung_cy - 0.05 * g.lung_ry, g.lung_cx[side] - direction * 0.55 * g.lung_rx[side]])
-        airway |= _segment_distance(zz, yy, xx, carina, end) <= 5.5
-    wall = _segment_distance(zz, yy, xx, carina, top) <= 10.0
-    hu[wall & ~airway & inner & ~lungs["right"] & ~lungs["left"]] = HU_SOFT
-    hu[airway] = HU_AIR
+    _paint_vessels(hu, lungs, g, axes, spacing, rng)
+    airway = _paint_airways(hu, g, axes, spacing[0], inner & ~lungs["right"] & ~lungs["left"])
     truth[airway] = Label.BACKGROUND
-
-    # Opacities, clipped to the lung (airways stay air).
-    lung_any = (truth == Label.LUNG) | (truth > Label.LUNG)
-    for op in opacities:
-        cz, cy_, cx_ = op.center_mm
-        sphere = ((zz - cz) ** 2 + (yy - cy_) ** 2 + (xx - cx_) ** 2) <= op.radius_mm**2
-        region = sphere & lung_any & ~airway
-        if op.kind == "ggo":
-            # Keep vessels visible through ground glass, as in real GGO.
-            hu[region & (hu < -200)] = op.value_hu
-            truth[region & (truth != Label.CONSOLIDATION)] = Label.GGO
-        else:
-            hu[region] = op.value_hu
-            truth[region] = Label.CONSOLIDATION
-
-    hu += rng.normal(0.0, NOISE_SD, size=full).astype(np.float32)
-    return Phantom(hu=hu.astype(np.float32, copy=False), spacing_mm=spacing, truth=truth)  # type: ignore[arg-type]
-
-
-def _grid(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    nz, ny, nx = shape
-    sz, sy, sx = spacing
-    return (
-        (np.arange(nz, dtype=np.float32) * sz)[:, None, None],
-        (np.arange(ny, dtype=np.float32) * sy)[None, :, None],
-        (np.arange(nx, dtype=np.float32) * sx)[None, None, :],
-    )
+    _paint_opacities(hu, truth, opacities, axes, airway)
+    hu += rng.normal(0.0, NOISE_SD, size=shape).astype(np.float32)
+    return Phantom(hu=hu.astype(np.float32, copy=False), spacing_mm=spacing, truth=truth)
 
 
 def _noisy(hu: np.ndarray, rng: np.random.Generator, spacing: tuple[float, float, float]) -> Phantom:
@@ -364,16 +401,13 @@ def abdomen_phantom(shape: tuple[int, int, int] = DEFAULT_SHAPE, spacing_mm: tup
     hu[np.broadcast_to(rad <= 1.0 - 15.0 / g.ay, shape)] = 30.0
     liver = np.broadcast_to((((xx - (g.cx - 0.4 * g.ax)) / (0.45 * g.ax)) ** 2 + ((yy - g.cy) / (0.7 * g.ay)) ** 2) <= 1.0, shape)
     hu[liver] = 60.0
-    spine_r = np.sqrt((xx - g.cx) ** 2 + (yy - (g.cy + 0.62 * g.ay)) ** 2)
-    hu[np.broadcast_to(spine_r <= 16.0, shape)] = HU_BONE_CORTEX
-    hu[np.broadcast_to(spine_r <= 12.5, shape)] = HU_BONE_MARROW
+    _paint_spine(hu, g, yy, xx)
     # Bowel gas: pockets of 8-28 mm radius in the left and anterior abdomen (about 0.3-0.6 L in all).
     for _ in range(14):
         c = (rng.uniform(0.15, 0.85) * g.z_len, g.cy + rng.uniform(-0.6, 0.3) * g.ay, g.cx + rng.uniform(-0.1, 0.7) * g.ax)
         r_mm = rng.uniform(8.0, 28.0)
         hu[((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) <= r_mm**2] = HU_AIR
-    table_y0 = g.cy + g.ay + 10.0
-    hu[np.broadcast_to((yy >= table_y0) & (yy <= table_y0 + 18.0) & (np.abs(xx - g.cx) <= 0.9 * g.cx), shape)] = HU_TABLE
+    _paint_table(hu, g, yy, xx)
     return _noisy(hu, rng, spacing)  # type: ignore[arg-type]
 
 

@@ -36,13 +36,17 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from model.analysis import MODEL_VERSION, ZONES, analyze, score_from_involvement
+from model.analysis import MODEL_VERSION, analyze
+from model.labels import Label, TriageLevel
+from model.lungs import Side
 from model.morphology import dilate, erode, label
+from model.orientation import canonical_orientation, to_canonical
+from model.report import ZONES, score_from_involvement
 from model.volume import Volume
 
 from ctfleet.dev import phantom as ph
@@ -121,8 +125,8 @@ def reference_sides(lung: np.ndarray) -> np.ndarray:
     counts = lung.sum(axis=1)  # (Z, X)
     cut = lo + np.argmin(counts[:, lo:hi] + 1e-3 * np.abs(np.arange(lo, hi) - mid), axis=1)
     left = np.arange(lung.shape[2])[None, :] > cut[:, None]
-    side[lung & left[:, None, :]] = 2
-    side[lung & ~left[:, None, :]] = 1
+    side[lung & left[:, None, :]] = Side.LEFT
+    side[lung & ~left[:, None, :]] = Side.RIGHT
     return side
 
 
@@ -130,7 +134,7 @@ def zone_pcts(lesion: np.ndarray, side: np.ndarray) -> dict[str, float]:
     """Percent of each zone's lung involved (zones: thirds of each lung's Z extent)."""
     out = {z: 0.0 for z in ZONES}
     nz = side.shape[0]
-    for s, name in ((1, "right"), (2, "left")):
+    for s, name in Side.NAMED:
         m = side == s
         lung_z = m.sum(axis=(1, 2)).astype(np.float64)
         les_z = (m & lesion).sum(axis=(1, 2)).astype(np.float64)
@@ -224,13 +228,13 @@ def insert_lesions(
             change = sub < -200.0
             sub[:] = np.where(change, sub + w * (target - sub), sub)
             ref = (w >= 0.5) & in_lung
-            truth[box][ref & (truth[box] != 3)] = 2
+            truth[box][ref & (truth[box] != Label.CONSOLIDATION)] = Label.GGO
         else:
             tex = 20.0 * _smooth_noise(shape, rng, passes=1) + 10.0 * rng.standard_normal(shape).astype(np.float32)
             target = les.hu + tex
             sub[:] = sub + w * (target - sub)
             ref = (w >= 0.5) & in_lung
-            truth[box][ref] = 3
+            truth[box][ref] = Label.CONSOLIDATION
         ids[box][ref] = n + 1
     return out, truth, ids
 
@@ -286,11 +290,11 @@ def _canonical_volume(hu: np.ndarray, spacing: tuple[float, float, float]) -> Vo
 
 def make_base(name: str, hu: np.ndarray, spacing: tuple[float, float, float], lung: np.ndarray | None = None,
               device: str = "cpu") -> Base:
-    """Analyse the clean scan; its lungs (or ``lung``, when given) are the reference lungs."""
+    """Analyze the clean scan; its lungs (or ``lung``, when given) are the reference lungs."""
     a = analyze(_canonical_volume(hu, spacing), device)
     pred = a.labels
     ref_lung = (pred > 0) if lung is None else lung
-    pre = (pred >= 2) if lung is None else np.zeros(hu.shape, bool)
+    pre = (pred >= Label.GGO) if lung is None else np.zeros(hu.shape, bool)
     t = torch.from_numpy(pre)
     pre_zone = dilate(t, (2, 2, 2)).numpy() if pre.any() else pre
     side = reference_sides(ref_lung)
@@ -302,7 +306,7 @@ def make_base(name: str, hu: np.ndarray, spacing: tuple[float, float, float], lu
         far = (max(1, round(20.0 / spacing[0])), max(1, round(20.0 / spacing[1])), max(1, round(20.0 / spacing[2])))
         inner &= ~dilate(torch.from_numpy(pre), far)
     inner_np = inner.numpy()
-    for s, nm in ((1, "right"), (2, "left")):
+    for s, nm in Side.NAMED:
         base.placeable[nm] = np.argwhere(inner_np & (side == s))
     return base
 
@@ -323,13 +327,13 @@ def random_lesions(base: Base, rng: np.random.Generator, spec: Sequence[tuple[st
 
 
 def evaluate_case(base: Base, case: Case, device: str = "cpu") -> CaseResult:
-    """Insert, analyse, compare."""
+    """Insert, analyze, compare."""
     t0 = time.perf_counter()
     hu, truth, ids = insert_lesions(base.hu, base.spacing, base.lung, case.lesions, seed=case.seed)
     a = analyze(_canonical_volume(hu, base.spacing), device)
     pred = a.labels
-    pred_les = pred >= 2
-    ref_les = (truth >= 2) | base.preexisting
+    pred_les = pred >= Label.GGO
+    ref_les = (truth >= Label.GGO) | base.preexisting
     per: list[dict[str, Any]] = []
     for n, les in enumerate(case.lesions):
         m = ids == n + 1
@@ -348,10 +352,10 @@ def evaluate_case(base: Base, case: Case, device: str = "cpu") -> CaseResult:
     fp = n_comp - int((touched > 0).sum())
     outside_pre = ~base.preexisting_zone
     vox: dict[str, int] = {}
-    for code, nm in ((2, "ggo"), (3, "consolidation")):
+    for code, nm in ((Label.GGO, "ggo"), (Label.CONSOLIDATION, "consolidation")):
         p, r = (pred == code) & outside_pre, (truth == code) & outside_pre
         vox[f"{nm}_tp"], vox[f"{nm}_p"], vox[f"{nm}_r"] = int((p & r).sum()), int(p.sum()), int(r.sum())
-    p, r = pred_les & outside_pre, (truth >= 2) & outside_pre
+    p, r = pred_les & outside_pre, (truth >= Label.GGO) & outside_pre
     vox["any_tp"], vox["any_p"], vox["any_r"] = int((p & r).sum()), int(p.sum()), int(r.sum())
     ref_zones = zone_pcts(ref_les & base.lung, base.side)
     ref_total = 100.0 * float((ref_les & base.lung).sum()) / max(1, int(base.lung.sum()))
@@ -403,12 +407,9 @@ def _load_real_ct(cache: Path) -> tuple[np.ndarray, tuple[float, float, float]] 
         with tarfile.open(REAL_CT_ARCHIVE) as tar:
             tar.extractall(cache / "ct00", filter="data")
     vol = load_study(series).volume
-    from model.analysis import _orientation, _to_canonical  # the analyzer's own canonical view
-
-    o = _orientation(vol.affine)
-    hu = _to_canonical(torch.from_numpy(vol.hu), o).contiguous().numpy()
-    spacing = tuple(vol.spacing_mm[a] for a in o.perm)
-    return hu, spacing  # type: ignore[return-value]
+    o = canonical_orientation(vol.affine)  # the analyzer's own canonical view
+    hu = to_canonical(torch.from_numpy(vol.hu), o).contiguous().numpy()
+    return hu, o.spacing(vol.spacing_mm)
 
 
 def _cache_dir() -> Path:
@@ -479,10 +480,10 @@ def summarise(results: Sequence[CaseResult]) -> dict[str, Any]:
         conf[a, b] += 1
     ref_tot = [sum(r.ref_grades) for r in results]
     pred_tot = [sum(r.pred_grades) for r in results]
-    tp = sum(r.ref_level_high and r.pred_level == "HIGH" for r in results)
-    fn = sum(r.ref_level_high and r.pred_level != "HIGH" for r in results)
-    fp = sum((not r.ref_level_high) and r.pred_level == "HIGH" for r in results)
-    tn = sum((not r.ref_level_high) and r.pred_level != "HIGH" for r in results)
+    tp = sum(r.ref_level_high and r.pred_level == TriageLevel.HIGH for r in results)
+    fn = sum(r.ref_level_high and r.pred_level != TriageLevel.HIGH for r in results)
+    fp = sum((not r.ref_level_high) and r.pred_level == TriageLevel.HIGH for r in results)
+    tn = sum((not r.ref_level_high) and r.pred_level != TriageLevel.HIGH for r in results)
     by_base: dict[str, list[int]] = {}
     for r in results:
         by_base.setdefault(r.base, []).append(r.fp_components)
@@ -524,116 +525,137 @@ def _ci(t: tuple[float, ...]) -> str:
     return f"{100 * p:.1f} % (95 % CI {100 * lo:.1f}-{100 * hi:.1f})"
 
 
-def render_markdown(s: dict[str, Any]) -> str:
-    """The validation report (docs/validation.md)."""
-    L: list[str] = []
-    add = L.append
-    add("# Validation of the default analyzer (synthetic-lesion insertion)")
-    add("")
-    add(f"Model version `{s['model_version']}`; {s['cases']} cases, {s['lesions']} inserted lesions; "
-        f"{'quick mode (tiny phantoms only)' if s.get('quick') else 'full run'}; {s.get('seconds', 0):.0f} s on this machine. "
-        "Generated by `python -m ctfleet.dev.validate --out docs/validation.md` (deterministic seed); do not edit by hand.")
-    add("")
-    add("## Method (STARD-style summary)")
-    add("")
-    add("* **Index test**: `model.analyze` (classical threshold + morphology pipeline), CPU, default `high_threshold` 0.85.")
-    add("* **Reference standard**: the inserted ground truth. Ellipsoidal opacities (semi-axes 0.75-1.25 x a nominal radius) "
+def _row(cells: Sequence[Any]) -> str:
+    """One Markdown table row (an empty cell is a single space)."""
+    return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
+
+
+def _table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """A Markdown table: header, separator, rows."""
+    return [_row(columns), "|" + "---|" * len(columns), *(_row(r) for r in rows)]
+
+
+def _section(title: str, lines: Sequence[str]) -> list[str]:
+    return [f"## {title}", "", *lines, ""]
+
+
+def _md_method(s: dict[str, Any]) -> list[str]:
+    return _section("Method (STARD-style summary)", [
+        "* **Index test**: `model.analyze` (classical threshold + morphology pipeline), CPU, default `high_threshold` 0.85.",
+        "* **Reference standard**: the inserted ground truth. Ellipsoidal opacities (semi-axes 0.75-1.25 x a nominal radius) "
         "with a 3 mm linear edge ramp and texture: ground glass (GGO) at a mean of -600 to -400 HU (smoothed noise SD 40 HU "
         "+ white noise 15 HU; only voxels below -200 HU are changed, so vessels stay visible) and consolidation at -50 to +50 HU "
-        "(SD 20 + 10 HU). Reference voxels: edge weight >= 0.5, clipped to the reference lungs. Consolidation wins where lesions overlap.")
-    add("* **Scans**: (a) the one real chest CT of the shared data (`ct00`, 141 x 512 x 512, 0.98 x 0.98 x 2 mm; provenance: "
+        "(SD 20 + 10 HU). Reference voxels: edge weight >= 0.5, clipped to the reference lungs. Consolidation wins where lesions overlap.",
+        "* **Scans**: (a) the one real chest CT of the shared data (`ct00`, 141 x 512 x 512, 0.98 x 0.98 x 2 mm; provenance: "
         "ITKElastix repository, InsightSoftwareConsortium/ITKElastix, Apache-2.0, commit 787db6d, `examples/data/00`, one phase "
         "of a public 4D lung CT set); its reference lungs and *pre-existing findings* (the real right-lung mass and whatever else "
         "the analyzer labels on the clean scan) come from the analysis of the clean scan; lesion centres are drawn at least 20 mm "
         "from those findings, at least 8 mm (in-plane) inside the lungs; lesions may reach and are clipped at the pleura. "
-        "(b) generated phantoms (`ctfleet.dev.phantom.chest_phantom`, three seeds), whose lung truth is exact.")
-    add("* **Case mix** (fixed seed): per scan one clean case plus cases with a few small lesions (radius 5-12 mm), moderate "
+        "(b) generated phantoms (`ctfleet.dev.phantom.chest_phantom`, three seeds), whose lung truth is exact.",
+        "* **Case mix** (fixed seed): per scan one clean case plus cases with a few small lesions (radius 5-12 mm), moderate "
         "(3-6 lesions of 10-22 mm), borderline (8 GGO of 24-32 mm + one consolidation) and diffuse HIGH-level "
-        "(14 lesions of 34-48 mm in both lungs); phantom radii are scaled by 0.6 (smaller lungs).")
-    add(f"* **Definitions**: a lesion is *detected* when >= {100 * s['detect_fraction']:.0f} % of its reference voxels carry "
+        "(14 lesions of 34-48 mm in both lungs); phantom radii are scaled by 0.6 (smaller lungs).",
+        f"* **Definitions**: a lesion is *detected* when >= {100 * s['detect_fraction']:.0f} % of its reference voxels carry "
         "a predicted lesion label (either type). A *false-positive lesion* is a 6-connected predicted lesion component touching "
         "no reference lesion voxel (inserted, or pre-existing dilated by 2 voxels). Dice per type pools voxels over all cases, "
         "outside the pre-existing findings. Reference zone grades, severity (0-24) and triage use the analyzer's formulas on the "
         "reference map (inserted lesions plus pre-existing findings, over the reference lungs; zones = thirds of each lung's "
-        "height); reference HIGH = score `1 - exp(-pct/15)` >= 0.85, i.e. involvement >= 28.5 %.")
-    add("* Confidence intervals: Wilson score, 95 %.")
-    add("")
-    add("## Scans")
-    add("")
-    add("| scan | shape | spacing (mm) | reference lungs (ml) | pre-existing findings (ml) |")
-    add("|---|---|---|---|---|")
-    for b in s.get("bases", []):
-        add(f"| {b['name']} | {b['shape']} | {[round(x, 2) for x in b['spacing_mm']]} | {b['lung_ml']:.0f} | {b['preexisting_ml']:.1f} |")
-    add("")
-    add("## Per-lesion sensitivity")
-    add("")
-    add("| stratum | detected / lesions | sensitivity |")
-    add("|---|---|---|")
-    for k, v in s["sensitivity"].items():
-        add(f"| {k} | {v[3]}/{v[4]} | {_ci(v)} |")
-    add("")
-    add("## False-positive lesions per scan")
-    add("")
-    add("| scan | mean FP components per case | max | cases |")
-    add("|---|---|---|---|")
-    for b, (m, mx, n) in s["fp_per_scan"].items():
-        add(f"| {b} | {m:.2f} | {mx} | {n} |")
-    add(f"| all | {s['fp_per_scan_all']:.2f} | | {s['cases']} |")
-    add("")
-    add("## Voxel overlap (Dice, pooled)")
-    add("")
+        "height); reference HIGH = score `1 - exp(-pct/15)` >= 0.85, i.e. involvement >= 28.5 %.",
+        "* Confidence intervals: Wilson score, 95 %.",
+    ])
+
+
+def _md_detection(s: dict[str, Any]) -> list[str]:
+    """Scans, per-lesion sensitivity, false positives and Dice."""
     d = s["dice"]
-    add(f"GGO {d['ggo']:.3f}; consolidation {d['consolidation']:.3f}; any lesion (type ignored) {d['any']:.3f}.")
-    add("")
-    add("## Severity score agreement")
-    add("")
-    add(f"* Per zone ({s['cases']} cases x 6 zones): exact {100 * s['zone_exact']:.1f} %, within +-1 grade {100 * s['zone_within1']:.1f} %, "
-        f"Cohen's kappa {s['zone_kappa']:.3f} (linear-weighted {s['zone_kappa_linear']:.3f}).")
-    add(f"* Total severity (0-24) per case: exact {100 * s['total_exact']:.1f} %, within +-1 {100 * s['total_within1']:.1f} %, "
-        f"mean difference (index - reference) {s['total_mean_diff']:+.2f}.")
-    add(f"* Mean absolute difference in total involvement: {s['involvement_mean_abs_diff_pct']:.2f} percentage points.")
-    add("")
-    add("Zone grade confusion (rows reference, columns index test):")
-    add("")
-    add("| ref \\ index | 0 | 1 | 2 | 3 | 4 |")
-    add("|---|---|---|---|---|---|")
-    for g, row in enumerate(s["zone_confusion"]):
-        add(f"| {g} | " + " | ".join(str(v) for v in row) + " |")
-    add("")
-    add("## Triage: HIGH vs not HIGH")
-    add("")
+    return [
+        *_section("Scans", _table(
+            ("scan", "shape", "spacing (mm)", "reference lungs (ml)", "pre-existing findings (ml)"),
+            ((b["name"], b["shape"], [round(x, 2) for x in b["spacing_mm"]], f"{b['lung_ml']:.0f}", f"{b['preexisting_ml']:.1f}")
+             for b in s.get("bases", [])))),
+        *_section("Per-lesion sensitivity", _table(
+            ("stratum", "detected / lesions", "sensitivity"),
+            ((k, f"{v[3]}/{v[4]}", _ci(v)) for k, v in s["sensitivity"].items()))),
+        *_section("False-positive lesions per scan", _table(
+            ("scan", "mean FP components per case", "max", "cases"),
+            [*((b, f"{m:.2f}", mx, n) for b, (m, mx, n) in s["fp_per_scan"].items()),
+             ("all", f"{s['fp_per_scan_all']:.2f}", "", s["cases"])])),
+        *_section("Voxel overlap (Dice, pooled)", [
+            f"GGO {d['ggo']:.3f}; consolidation {d['consolidation']:.3f}; any lesion (type ignored) {d['any']:.3f}."]),
+    ]
+
+
+def _md_grading(s: dict[str, Any]) -> list[str]:
+    """Severity agreement and the HIGH vs not-HIGH table."""
     t = s["triage"]
-    add("| | reference HIGH | reference not HIGH |")
-    add("|---|---|---|")
-    add(f"| index HIGH | {t['tp']} | {t['fp']} |")
-    add(f"| index not HIGH | {t['fn']} | {t['tn']} |")
-    add("")
-    add(f"* Sensitivity {_ci(t['sensitivity'])}; specificity {_ci(t['specificity'])}; PPV {_ci(t['ppv'])}; NPV {_ci(t['npv'])}.")
-    add("")
-    add("## Per case")
-    add("")
-    add("| case | lesions detected | ref involvement % | index % | ref severity | index severity | ref HIGH | index level | FP | s |")
-    add("|---|---|---|---|---|---|---|---|---|---|")
-    for c in s["per_case"]:
-        add(f"| {c['name']} | {c['detected']} | {c['ref_pct']} | {c['pred_pct']} | {c['ref_severity']} | {c['pred_severity']} | "
-            f"{'yes' if c['ref_high'] else 'no'} | {c['pred_level']} | {c['fp']} | {c['seconds']} |")
-    add("")
-    add("## Limitations")
-    add("")
-    add("* The lesions are synthetic: ellipsoids with smooth texture and a linear edge; real ground glass is patchy, "
-        "crazy-paving, subpleural and basal, and consolidation has air bronchograms. The numbers bound how well the pipeline finds "
-        "*what it was designed to find*, not its clinical accuracy.")
-    add("* One real scan only (one patient, one scanner, one phase of a 4D CT): the real-anatomy results rest on its lungs and "
-        "noise. The reference lungs of that scan are the analyzer's own clean-scan lungs, so lung-segmentation errors are not "
-        "measured there (on phantoms they are, lung truth being exact).")
-    add("* Lesions are centred at least 8 mm inside the lungs and 20 mm from the real mass; large ones reach the pleura and "
-        "are clipped there, but the hardest places (diaphragm domes, mediastinal surface, fissures) are under-represented.")
-    add("* Cases are not independent (same anatomy re-used), so the confidence intervals are optimistic; the triage table "
-        "is dominated by the designed case mix (prevalence chosen, not observed).")
-    add("* Pre-existing findings of the clean real scan are part of the reference by construction and excluded from FP, Dice "
-        "and sensitivity.")
-    add("")
-    return "\n".join(L)
+    return [
+        *_section("Severity score agreement", [
+            f"* Per zone ({s['cases']} cases x 6 zones): exact {100 * s['zone_exact']:.1f} %, within +-1 grade {100 * s['zone_within1']:.1f} %, "
+            f"Cohen's kappa {s['zone_kappa']:.3f} (linear-weighted {s['zone_kappa_linear']:.3f}).",
+            f"* Total severity (0-24) per case: exact {100 * s['total_exact']:.1f} %, within +-1 {100 * s['total_within1']:.1f} %, "
+            f"mean difference (index - reference) {s['total_mean_diff']:+.2f}.",
+            f"* Mean absolute difference in total involvement: {s['involvement_mean_abs_diff_pct']:.2f} percentage points.",
+            "",
+            "Zone grade confusion (rows reference, columns index test):",
+            "",
+            *_table(("ref \\ index", "0", "1", "2", "3", "4"), ((g, *row) for g, row in enumerate(s["zone_confusion"]))),
+        ]),
+        *_section("Triage: HIGH vs not HIGH", [
+            *_table(("", "reference HIGH", "reference not HIGH"),
+                    [("index HIGH", t["tp"], t["fp"]), ("index not HIGH", t["fn"], t["tn"])]),
+            "",
+            f"* Sensitivity {_ci(t['sensitivity'])}; specificity {_ci(t['specificity'])}; PPV {_ci(t['ppv'])}; NPV {_ci(t['npv'])}.",
+        ]),
+    ]
+
+
+def _md_per_case(s: dict[str, Any]) -> list[str]:
+    return _section("Per case", _table(
+        ("case", "lesions detected", "ref involvement %", "index %", "ref severity", "index severity", "ref HIGH",
+         "index level", "FP", "s"),
+        ((c["name"], c["detected"], c["ref_pct"], c["pred_pct"], c["ref_severity"], c["pred_severity"],
+          "yes" if c["ref_high"] else "no", c["pred_level"], c["fp"], c["seconds"]) for c in s["per_case"])))
+
+
+_LIMITATIONS = [
+    "* The lesions are synthetic: ellipsoids with smooth texture and a linear edge; real ground glass is patchy, "
+    "crazy-paving, subpleural and basal, and consolidation has air bronchograms. The numbers bound how well the pipeline finds "
+    "*what it was designed to find*, not its clinical accuracy.",
+    "* One real scan only (one patient, one scanner, one phase of a 4D CT): the real-anatomy results rest on its lungs and "
+    "noise. The reference lungs of that scan are the analyzer's own clean-scan lungs, so lung-segmentation errors are not "
+    "measured there (on phantoms they are, lung truth being exact).",
+    "* Lesions are centred at least 8 mm inside the lungs and 20 mm from the real mass; large ones reach the pleura and "
+    "are clipped there, but the hardest places (diaphragm domes, mediastinal surface, fissures) are under-represented.",
+    "* Cases are not independent (same anatomy re-used), so the confidence intervals are optimistic; the triage table "
+    "is dominated by the designed case mix (prevalence chosen, not observed).",
+    "* Pre-existing findings of the clean real scan are part of the reference by construction and excluded from FP, Dice "
+    "and sensitivity.",
+]
+
+
+def render_markdown(s: dict[str, Any]) -> str:
+    """The validation report (docs/validation.md).
+
+    Parameters
+    ----------
+    s : dict
+        A summary from :func:`run` (or :func:`summarise`, with ``bases``, ``quick`` and ``seconds`` added).
+
+    Returns
+    -------
+    str
+        Markdown; its last line is empty, with no newline after it.
+    """
+    intro = [
+        "# Validation of the default analyzer (synthetic-lesion insertion)",
+        "",
+        f"Model version `{s['model_version']}`; {s['cases']} cases, {s['lesions']} inserted lesions; "
+        f"{'quick mode (tiny phantoms only)' if s.get('quick') else 'full run'}; {s.get('seconds', 0):.0f} s on this machine. "
+        "Generated by `python -m ctfleet.dev.validate --out docs/validation.md` (deterministic seed); do not edit by hand.",
+        "",
+    ]
+    lines = [*intro, *_md_method(s), *_md_detection(s), *_md_grading(s), *_md_per_case(s), *_section("Limitations", _LIMITATIONS)]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

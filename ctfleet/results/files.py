@@ -61,10 +61,10 @@ def render(
     analysis : Analysis
         Output of an analyzer (:func:`model.analyze`, :func:`model.get`) for ``volume``.
     volume : Volume
-        The analysed volume; its affine goes into the NIfTI header.
+        The analyzed volume; its affine goes into the NIfTI header.
     source_datasets : sequence of pydicom.Dataset, optional
         The de-identified slices the volume was built from, ordered like its
-        ``Z`` axis (``Series.datasets`` as :func:`ctfleet.intake.dicom.volume_from_series`
+        ``Z`` axis (``Series.datasets`` as :func:`ctfleet.intake.volume.volume_from_series`
         sorts them; pixel data not needed). When given, ``"seg.dcm"`` is added.
 
     Returns

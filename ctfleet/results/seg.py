@@ -35,6 +35,8 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
+from model.labels import Label
+
 __all__ = ["SEGMENTS", "make_seg"]
 
 _ANATOMY = hd.sr.CodedConcept("123037004", "SCT", "Anatomical Structure")
@@ -42,9 +44,9 @@ _ABNORMAL = hd.sr.CodedConcept("49755003", "SCT", "Morphologically Abnormal Stru
 
 #: label value -> (segment label, category, property type, display colour CIELab from RGB)
 SEGMENTS: dict[int, tuple[str, hd.sr.CodedConcept, hd.sr.CodedConcept, tuple[int, int, int]]] = {
-    1: ("Lung", _ANATOMY, hd.sr.CodedConcept("39607008", "SCT", "Lung"), (128, 174, 128)),
-    2: ("Ground-glass opacity", _ABNORMAL, hd.sr.CodedConcept("112120", "DCM", "Ground glass opacity"), (241, 214, 145)),
-    3: ("Consolidation", _ABNORMAL, hd.sr.CodedConcept("95436008", "SCT", "Lung consolidation"), (216, 101, 79)),
+    Label.LUNG: ("Lung", _ANATOMY, hd.sr.CodedConcept("39607008", "SCT", "Lung"), (128, 174, 128)),
+    Label.GGO: ("Ground-glass opacity", _ABNORMAL, hd.sr.CodedConcept("112120", "DCM", "Ground glass opacity"), (241, 214, 145)),
+    Label.CONSOLIDATION: ("Consolidation", _ABNORMAL, hd.sr.CodedConcept("95436008", "SCT", "Lung consolidation"), (216, 101, 79)),
 }
 
 SERIES_NUMBER = 9001  # well away from scanner series numbers
@@ -70,6 +72,44 @@ def _along_normal(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
     return [slices[i] for i in np.argsort(along, kind="stable")]
 
 
+def _checked(labels: np.ndarray, source_datasets: Sequence[pydicom.Dataset]) -> tuple[np.ndarray, list[pydicom.Dataset]]:
+    """The labels as uint8 and the sources along the normal, once they are known to match (else ``ValueError``)."""
+    labels = np.asarray(labels)
+    sources = _along_normal(source_datasets)
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be (Z, Y, X), got shape {labels.shape}")
+    z, y, x = labels.shape
+    if len(sources) != z:
+        raise ValueError(f"{z} label slices but {len(sources)} source datasets")
+    for ds in sources:
+        if (int(ds.Rows), int(ds.Columns)) != (y, x):
+            raise ValueError(f"source image size {(ds.Rows, ds.Columns)} differs from the labels' {(y, x)}")
+    if len({ds.SeriesInstanceUID for ds in sources}) != 1 or len({ds.get("FrameOfReferenceUID") for ds in sources}) != 1:
+        raise ValueError("source datasets must be one series in one frame of reference")
+    if labels.size and int(labels.max()) > Label.CONSOLIDATION:
+        raise ValueError("labels must be 0..3")
+    return labels.astype(np.uint8, copy=False), sources
+
+
+def _descriptions(model_version: str) -> list[hd.seg.SegmentDescription]:
+    """One description per entry of :data:`SEGMENTS`, segment number = label value."""
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="ctfleet", family=codes.cid7162.ArtificialIntelligence, version=model_version
+    )
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=SEGMENTS[v][0],
+            segmented_property_category=SEGMENTS[v][1],
+            segmented_property_type=SEGMENTS[v][2],
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*SEGMENTS[v][3]),
+        )
+        for n, v in enumerate(SEGMENTS, start=1)
+    ]
+
+
 def make_seg(labels: np.ndarray, source_datasets: Sequence[pydicom.Dataset], *, model_version: str) -> bytes:
     """Encode a label map as a DICOM SEG file referencing its source series.
 
@@ -78,12 +118,12 @@ def make_seg(labels: np.ndarray, source_datasets: Sequence[pydicom.Dataset], *, 
     labels : numpy.ndarray
         uint8 ``(Z, Y, X)``: 0 background, 1 lung, 2 ground-glass opacity,
         3 consolidation; ``labels[k]`` lies on the ``k``-th source slice along
-        the normal (``Y`` = image rows, ``X`` = columns, as :func:`ctfleet.intake.dicom.volume_from_series`
+        the normal (``Y`` = image rows, ``X`` = columns, as :func:`ctfleet.intake.volume.volume_from_series`
         builds the volume).
     source_datasets : sequence of pydicom.Dataset
         The de-identified single-frame source slices (pixel data not needed),
         in any order: they are sorted by ImagePositionPatient along the slice
-        normal, stably, exactly as :func:`ctfleet.intake.dicom.volume_from_series`
+        normal, stably, exactly as :func:`ctfleet.intake.volume.volume_from_series`
         orders the volume's ``Z`` axis.
     model_version : str
         Algorithm version recorded on every segment; part of the UID seed.
@@ -101,53 +141,20 @@ def make_seg(labels: np.ndarray, source_datasets: Sequence[pydicom.Dataset], *, 
         Labels not ``(Z, Y, X)`` matching the sources' count, rows and columns,
         values above 3, or sources from different series or frames of reference.
     """
-    labels = np.asarray(labels)
-    sources = _along_normal(source_datasets)
-    if labels.ndim != 3:
-        raise ValueError(f"labels must be (Z, Y, X), got shape {labels.shape}")
-    z, y, x = labels.shape
-    if len(sources) != z:
-        raise ValueError(f"{z} label slices but {len(sources)} source datasets")
-    for ds in sources:
-        if (int(ds.Rows), int(ds.Columns)) != (y, x):
-            raise ValueError(f"source image size {(ds.Rows, ds.Columns)} differs from the labels' {(y, x)}")
-    if len({ds.SeriesInstanceUID for ds in sources}) != 1 or len({ds.get("FrameOfReferenceUID") for ds in sources}) != 1:
-        raise ValueError("source datasets must be one series in one frame of reference")
-    if labels.size and int(labels.max()) > 3:
-        raise ValueError("labels must be 0..3")
-    labels = labels.astype(np.uint8, copy=False)
-
+    labels, sources = _checked(labels, source_datasets)
     # Segment number == label value, always all three: readers that combine
     # segments get the ctfleet labels back, whatever a study happens to contain.
-    present = list(SEGMENTS)
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name="ctfleet", family=codes.cid7162.ArtificialIntelligence, version=model_version
-    )
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=n,
-            segment_label=SEGMENTS[v][0],
-            segmented_property_category=SEGMENTS[v][1],
-            segmented_property_type=SEGMENTS[v][2],
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-            display_color=hd.color.CIELabColor.from_rgb(*SEGMENTS[v][3]),
-        )
-        for n, v in enumerate(present, start=1)
-    ]
-    # (frames, rows, cols, segments) bool: one channel per present segment.
-    masks = np.stack([labels == v for v in present], axis=-1)
+    # (frames, rows, cols, segments) bool: one channel per segment.
+    masks = np.stack([labels == v for v in SEGMENTS], axis=-1)
     series_uid = str(sources[0].SeriesInstanceUID)
-    seg_series_uid = _uid_from("ctfleet-seg-series", series_uid, model_version)
-    seg_sop_uid = _uid_from("ctfleet-seg-instance", series_uid, model_version, hashlib.sha256(labels.tobytes()).hexdigest())
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=masks,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=seg_series_uid,
+        segment_descriptions=_descriptions(model_version),
+        series_instance_uid=_uid_from("ctfleet-seg-series", series_uid, model_version),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=seg_sop_uid,
+        sop_instance_uid=_uid_from("ctfleet-seg-instance", series_uid, model_version, hashlib.sha256(labels.tobytes()).hexdigest()),
         instance_number=1,
         manufacturer="ctfleet",
         manufacturer_model_name="ctfleet",

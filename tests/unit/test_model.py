@@ -9,7 +9,8 @@ import pytest
 
 from ctfleet.contracts import Label
 from ctfleet.dev.phantom import from_preset
-from model.analysis import MODEL_VERSION, ZONES, Analysis, analyze
+from model.analysis import MODEL_VERSION, Analysis, analyze
+from model.report import ZONES
 from model.volume import Volume, VolumeError
 
 REPORT_KEYS = {

@@ -86,7 +86,8 @@ def test_seg_with_sources() -> None:
 
     import highdicom as hd
 
-    from ctfleet.intake.dicom import series_to_datasets, volume_from_series
+    from ctfleet.dev.synthetic import series_to_datasets
+    from ctfleet.intake import volume_from_series
     from ctfleet.dev.phantom import from_preset
 
     p = from_preset("high")

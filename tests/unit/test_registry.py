@@ -1,4 +1,4 @@
-"""model.registry / model.scripted / ctfleet.aws.model_store: analyzers by name, path and s3:// URI.
+"""model.registry / model.exported / ctfleet.aws.model_store: analyzers by name, path and s3:// URI.
 
 The "customer model" is built here: a small network whose weights are set by
 hand (HU thresholds plus enclosure by pooling), exported with TorchScript and
@@ -22,7 +22,8 @@ import model
 from ctfleet.dev.phantom import from_preset
 from model import Volume
 from model.registry import ModelError, clear_cache, get, register
-from model.scripted import analysis_from_labels, file_sha256
+from model.analysis import analysis_from_labels
+from model.exported.loader import file_sha256
 
 CLASSES = {"0": "background", "1": "lung", "2": "ggo", "3": "consolidation"}
 REPORT_KEYS = {

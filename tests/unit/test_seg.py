@@ -11,7 +11,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from ctfleet.intake.dicom import series_to_datasets, volume_from_series
+from ctfleet.dev.synthetic import series_to_datasets
+from ctfleet.intake import volume_from_series
 from ctfleet.dev.phantom import from_preset
 from ctfleet.results.seg import SEGMENTS, make_seg
 

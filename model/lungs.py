@@ -1,0 +1,312 @@
+"""Lung segmentation: the body, the aerated lungs, their left/right split and the pleural cavity.
+
+Works on the coarse grid (about 4 mm), where connected components are cheap,
+in canonical orientation (Z superior, Y posterior, X to the patient's left);
+the lung mask ends on the work grid (about 2 mm), where lesions are found.
+Masks are bool ``(Z, Y, X)``; side maps are uint8 with :class:`Side` values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .grid import Grid, ReducedGrid, radius_voxels
+from .morphology import closing, dilate, erode, fill_2d, hull_2d, label, opening, shift, upsample
+from .params import Params
+
+__all__ = [
+    "Chest",
+    "Side",
+    "aerated_lungs",
+    "body_edge",
+    "find_body",
+    "looks_like_lungs",
+    "one_lung_only",
+    "side_regions",
+    "split_sides",
+    "work_grid_lungs",
+]
+
+
+class Side:
+    """Values of a side map: which lung a voxel belongs to."""
+
+    NONE = 0
+    RIGHT = 1  # the patient's right: smaller X
+    LEFT = 2
+    NAMED = ((RIGHT, "right"), (LEFT, "left"))
+
+
+@dataclass(frozen=True)
+class Chest:
+    """The patient's body on the coarse grid.
+
+    Attributes
+    ----------
+    grid : ReducedGrid
+        Coarse HU ``(Z, Y, X)``, spacing (mm) and the factors from the work grid.
+    body : torch.Tensor
+        bool: tissue of the largest component, blankets and the table cut off.
+    body_fill : torch.Tensor
+        bool: ``body`` with every slice's enclosed holes filled (the outline).
+    """
+
+    grid: ReducedGrid
+    body: torch.Tensor
+    body_fill: torch.Tensor
+
+
+def find_body(coarse: ReducedGrid, p: Params) -> Chest:
+    """Tissue, opened to cut blankets and bridges to the table, largest component.
+
+    Parameters
+    ----------
+    coarse : ReducedGrid
+        Coarse-grid HU in canonical orientation.
+    p : Params
+        Thresholds (``body_hu``, ``body_open_mm``).
+
+    Returns
+    -------
+    Chest
+    """
+    tissue = coarse.hu > p.body_hu
+    opened = opening(tissue, radius_voxels(p.body_open_mm, coarse.spacing_mm))
+    lab, sizes = label(opened)
+    body = torch.zeros_like(tissue)
+    if sizes.numel() > 1:
+        biggest = int(torch.argmax(sizes[1:])) + 1
+        body = dilate(lab == biggest, radius_voxels(p.body_open_mm, coarse.spacing_mm)) & tissue
+    return Chest(grid=coarse, body=body, body_fill=fill_2d(body))
+
+
+def _internal_air(chest: Chest, p: Params) -> torch.Tensor:
+    """Air inside the body outline that is not connected to outside air (bool ``(Z, Y, X)``)."""
+    air = (chest.grid.hu < p.air_hu) & chest.body_fill
+    lab, sizes = label(air)
+    edge = torch.zeros_like(air)
+    edge[:, 0, :] = edge[:, -1, :] = edge[:, :, 0] = edge[:, :, -1] = True
+    outside_ids = torch.unique(lab[edge & air])
+    is_outside = torch.zeros(sizes.numel(), dtype=torch.bool, device=air.device)
+    is_outside[outside_ids] = True
+    is_outside[0] = True
+    return ~is_outside[lab]
+
+
+def aerated_lungs(chest: Chest, p: Params) -> torch.Tensor:
+    """The aerated lungs: internal air, cut off the airways, small parts (gut gas) dropped.
+
+    Parameters
+    ----------
+    chest : Chest
+        The body on the coarse grid.
+    p : Params
+        Thresholds (``air_hu``, ``airway_erode_mm``, ``min_lung_part_frac``).
+
+    Returns
+    -------
+    torch.Tensor
+        bool ``(Z, Y, X)`` on the coarse grid.
+    """
+    internal = _internal_air(chest, p)
+    # Erode to cut the main bronchi and the trachea off the lungs; the
+    # airway remnants are small components and are dropped below.
+    r_air = radius_voxels(p.airway_erode_mm, chest.grid.spacing_mm)
+    core = erode(internal, r_air)
+    lab, sizes = label(core)
+    sizes[0] = 0
+    lung = torch.zeros_like(core)
+    if sizes.numel() > 1:
+        keep = sizes >= max(float(sizes.max()) * p.min_lung_part_frac, 20.0 / chest.grid.voxel_ml)
+        keep[0] = False
+        lung = keep[lab]
+        # Regrow to the lung surface, only through internal air; as far as
+        # the erosion went and one more, so airways regrow only a stub.
+        step = (min(1, r_air[0]), min(1, r_air[1]), min(1, r_air[2]))
+        for _ in range(max(r_air) + 1):
+            lung = dilate(lung, step) & internal
+    return lung
+
+
+def looks_like_lungs(chest: Chest, lung: torch.Tensor, p: Params) -> bool:
+    """Whether ``lung`` (coarse bool mask) is large enough and holds parenchyma, not gas only."""
+    lung_ml = float(lung.sum()) * chest.grid.voxel_ml
+    # Lung parenchyma is air plus tissue (about -850 HU); pure gas (bowel,
+    # a phantom's air pockets) has no parenchyma and is no lung.
+    gas_only = lung_ml > 0 and float(chest.grid.hu[lung].float().median()) < p.max_gas_median_hu
+    return not (lung_ml < p.min_lung_ml or gas_only)
+
+
+def split_sides(lung: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
+    """Side map of the lung mask: :attr:`Side.RIGHT` (smaller X), :attr:`Side.LEFT` (larger X).
+
+    Each slice is cut at the column with the fewest lung voxels within 12 %
+    of the body width of the body's midline; touching lungs are thus split
+    at their thinnest junction, separate lungs in their gap.
+
+    Parameters
+    ----------
+    lung, body : torch.Tensor
+        bool ``(Z, Y, X)``, canonical orientation, any grid.
+
+    Returns
+    -------
+    torch.Tensor
+        uint8 ``(Z, Y, X)``: 0 outside the lung, else the side.
+    """
+    z, _, x = lung.shape
+    xs = torch.arange(x, device=lung.device, dtype=torch.float32)
+    cols = body.any(dim=0).any(dim=0)
+    if bool(cols.any()):
+        idx = torch.nonzero(cols).squeeze(1).float()
+        mid, width = float(idx.min() + idx.max()) / 2.0, float(idx.max() - idx.min() + 1)
+    else:
+        mid, width = (x - 1) / 2.0, float(x)
+    counts = lung.sum(dim=1).float()  # (Z, X)
+    # Smooth across z so one slice's noise cannot jump the cut.
+    counts = F.avg_pool1d(counts.T[None], 3, 1, 1, count_include_pad=False)[0].T
+    window = (xs - mid).abs() <= 0.12 * width
+    cost = torch.where(window, counts + 1e-3 * (xs - mid).abs(), torch.full_like(counts, float("inf")))
+    cut = torch.argmin(cost, dim=1)  # (Z,)
+    left = xs[None, :] > cut[:, None].float()  # (Z, X)
+    side = torch.zeros(lung.shape, dtype=torch.uint8, device=lung.device)
+    side[lung & left[:, None, :]] = Side.LEFT
+    side[lung & ~left[:, None, :]] = Side.RIGHT
+    return side
+
+
+def one_lung_only(side: torch.Tensor, voxel_ml: float) -> bool:
+    """Whether one lung of the side map has less than a tenth of the other's volume."""
+    side_ml = [float((side == s).sum()) * voxel_ml for s in (Side.RIGHT, Side.LEFT)]
+    return min(side_ml) < 0.1 * max(side_ml)
+
+
+def body_edge(body_c: torch.Tensor, sp_c: tuple[float, float, float]) -> torch.Tensor:
+    """The outer ~1 coarse voxel of the body (skin), never lung; not the tissue around the lungs."""
+    filled = fill_2d(body_c)
+    return filled & ~erode(filled, (0, 1, 1))
+
+
+def side_regions(chest: Chest, side: torch.Tensor, p: Params) -> torch.Tensor:
+    """Lung regions per side: closed (peripheral dense lesions) and filled (central ones).
+
+    Never across the midline or outside the body. Returns a uint8 side map
+    ``(Z, Y, X)`` on the coarse grid.
+    """
+    region = torch.zeros(chest.grid.shape, dtype=torch.uint8, device=side.device)
+    r_close = radius_voxels(p.lung_close_mm, chest.grid.spacing_mm)
+    r_close = (min(r_close[0], 1), r_close[1], r_close[2])  # mostly in-plane: keep domes apart from the liver
+    for s in (Side.RIGHT, Side.LEFT):
+        m = side == s
+        m = fill_2d(closing(m, r_close) | m) & chest.body_fill & ~body_edge(chest.body, chest.grid.spacing_mm)
+        region[m & (region == 0)] = s
+    return region
+
+
+def _diaphragm_domes(tissue: torch.Tensor, region: torch.Tensor, sp_c: tuple[float, float, float], p: Params) -> torch.Tensor:
+    """Tissue enclosed in-plane by the basal lung but continuous, straight up, with the tissue below the lungs.
+
+    Diaphragm domes (and the heart on them), grown upward from the lung bases
+    through tissue, at most ``dome_mm`` high. Seeds only in the band of the
+    lung bases, so tissue beside a lesion on the chest wall higher up never
+    counts as a dome.
+    """
+    n_dome = max(1, int(round(p.dome_mm / sp_c[0])))
+    z_lung = torch.nonzero(region.flatten(1).any(dim=1)).squeeze(1)
+    z_base = int(z_lung.min()) if z_lung.numel() else 0
+    base_band = torch.zeros_like(tissue)
+    base_band[: z_base + 1] = True
+    dome = tissue & (region == 0) & base_band
+    for _ in range(2 * n_dome):
+        dome = dome | (tissue & shift(dome, 0, 1))
+    return dome
+
+
+def _mediastinum(side_c: torch.Tensor, body_fill_c: torch.Tensor) -> torch.Tensor:
+    """Per slice and row, the columns between the right lung's most medial voxel and the left lung's.
+
+    A row with one lung only runs from that lung to the body's midline.
+    """
+    x = side_c.shape[2]
+    xs = torch.arange(x, device=side_c.device, dtype=torch.float32)
+    right, left = side_c == Side.RIGHT, side_c == Side.LEFT
+    cols = body_fill_c.any(dim=1)  # (Z, X)
+    lo = torch.where(cols, xs, torch.full_like(xs, float(x))).amin(dim=1)
+    hi = torch.where(cols, xs, torch.full_like(xs, -1.0)).amax(dim=1)
+    mid = torch.where(cols.any(dim=1), (lo + hi) / 2.0, torch.full_like(lo, (x - 1) / 2.0))[:, None]  # (Z, 1)
+    r_max = torch.where(right, xs, torch.full_like(xs, -1.0)).amax(dim=2)  # (Z, Y)
+    l_min = torch.where(left, xs, torch.full_like(xs, float(x))).amin(dim=2)
+    has_r, has_l = r_max >= 0, l_min < x
+    r_edge = torch.where(has_r, r_max, mid.expand_as(r_max))
+    l_edge = torch.where(has_l, l_min, mid.expand_as(l_min))
+    return (xs > r_edge[..., None]) & (xs < l_edge[..., None]) & (has_r | has_l)[..., None]
+
+
+def _pleural_cavity(side_c: torch.Tensor, body_fill_c: torch.Tensor, sp_c: tuple[float, float, float], p: Params) -> torch.Tensor:
+    """Side map of each lung's per-slice convex hull, minus the mediastinum.
+
+    Large consolidations (wider than the closing) fill the space between the
+    aerated lung and the chest wall or the mediastinum. Per lung and slice,
+    the convex hull of the aerated lung (of a thin slab, so a slice fully
+    consolidated still has one) spans it; the chest wall is convex, so the
+    hull stays inside it, and the concave medial side (heart, great vessels,
+    spine) is removed by the mediastinum.
+    """
+    slab = max(0, int(round(p.cavity_slab_mm / sp_c[0])))
+    med = _mediastinum(side_c, body_fill_c)
+    out = torch.zeros(side_c.shape, dtype=torch.uint8, device=side_c.device)
+    for s in (Side.RIGHT, Side.LEFT):
+        m = side_c == s
+        # Aerated lung both above and below (within the slab) counts too:
+        # bridges a consolidation that fills a slice, never extends past the base or apex.
+        above, below = torch.zeros_like(m), torch.zeros_like(m)
+        for d in range(1, slab + 1):
+            above |= shift(m, 0, -d)
+            below |= shift(m, 0, d)
+        h = hull_2d(m | (above & below), (sp_c[1], sp_c[2])) & ~med & body_fill_c
+        out[h & (out == 0)] = s
+    return out
+
+
+def work_grid_lungs(chest: Chest, side: torch.Tensor, region: torch.Tensor, work: Grid, p: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lung on the work grid: aerated lung inside the region, plus what lies well inside it.
+
+    Dense lesions and vessels well inside the region count; so do dense voxels
+    of the pleural cavity the region does not reach; the diaphragm domes do not.
+
+    Parameters
+    ----------
+    chest : Chest
+        The body on the coarse grid (whose factors lead from the work grid to it).
+    side, region : torch.Tensor
+        uint8 coarse side maps of the aerated lungs and of their regions (:func:`side_regions`).
+    work : Grid
+        Work-grid HU.
+    p : Params
+        Thresholds.
+
+    Returns
+    -------
+    region_w : torch.Tensor
+        uint8 side map ``(Z, Y, X)`` of the regions and the cavity on the work grid.
+    lung_w : torch.Tensor
+        bool ``(Z, Y, X)`` lung on the work grid.
+    """
+    sp_c, cf, hu_w = chest.grid.spacing_mm, chest.grid.factors, work.hu
+    tissue_c = chest.grid.hu > p.pv_dense_hu
+    dome_c = _diaphragm_domes(tissue_c, region, sp_c, p)
+    inner_w = upsample(erode(region > 0, (0, 1, 1)) & ~dome_c, cf, work.shape)
+    cavity_c = _pleural_cavity(side, chest.body_fill, sp_c, p)
+    # Only solid coarse voxels: a coarse voxel half air, half wall is the lung's own border.
+    cavity_c[(region > 0) | dome_c | body_edge(chest.body, sp_c) | ~tissue_c] = 0
+    region = region.clone()
+    region[cavity_c > 0] = cavity_c[cavity_c > 0]
+    region_w = upsample(region, cf, work.shape)
+    ext_w = upsample(cavity_c > 0, cf, work.shape)
+    air_w = hu_w < p.air_hu
+    dense_tissue = (hu_w >= p.consolidation_hu[0]) & (hu_w <= p.consolidation_hu[1])
+    lung_w = (region_w > 0) & (air_w | inner_w | (ext_w & dense_tissue))
+    return region_w, lung_w

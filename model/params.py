@@ -1,0 +1,38 @@
+"""The built-in analyzer's thresholds and sizes (HU, mm, ml), in one frozen record.
+
+Any change here changes outputs: bump :data:`model.analysis.MODEL_VERSION` with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PARAMS", "Params"]
+
+
+@dataclass(frozen=True)
+class Params:
+    """Thresholds in HU, sizes in mm (grid spacings, radii) or ml (volumes)."""
+
+    work_mm: float = 2.0  # target in-plane / slice spacing of the work grid
+    coarse_mm: float = 4.0  # target spacing of the coarse grid
+    body_hu: float = -350.0  # tissue vs air (body, table, blankets)
+    air_hu: float = -400.0  # aerated lung vs tissue
+    body_open_mm: float = 6.0  # cuts blankets and thin bridges to the table
+    airway_erode_mm: float = 8.0  # removes trachea (r ~ 9 mm) links and main bronchi (r ~ 6 mm)
+    min_lung_ml: float = 300.0  # less than this is not a pair of lungs
+    min_lung_part_frac: float = 0.15  # lung cores smaller than this x largest are gut gas etc.
+    lung_close_mm: float = 16.0  # lets peripheral dense lesions count as lung
+    ggo_hu: tuple[float, float] = (-750.0, -300.0)
+    consolidation_hu: tuple[float, float] = (-300.0, 100.0)
+    vessel_open_mm: float = 3.0  # opening removes tubes thinner than about 2x this
+    min_lesion_ml: float = 0.5  # about a 1 cm sphere
+    max_obliquity_deg: float = 20.0  # array axes further than this from a patient axis: oblique
+    max_gas_median_hu: float = -960.0  # "lungs" darker than this are gas (bowel, phantoms), not lung
+    pv_dense_hu: float = -300.0  # tissue side of a partial-volume edge
+    dome_mm: float = 40.0  # how high tissue standing on the diaphragm is followed up into the lung outline
+    pv_sheet_mm: tuple[float, float] = (8.0, 4.0)  # GGO this thin on the lung wall (along z, in-plane) is partial volume
+    cavity_slab_mm: float = 4.0  # the per-slice lung hull uses the aerated lung this far above and below
+
+
+PARAMS = Params()
