@@ -1,7 +1,7 @@
 """A DICOM corpus with PHI planted everywhere PS3.15 Annex E looks, for leak tests.
 
 :func:`phi_corpus` writes one synthetic chest CT series (the phantom, through
-:func:`ctfleet.intake.dicom.series_to_datasets`) whose headers carry a distinct,
+:func:`ctfleet.dev.synthetic.series_to_datasets`) whose headers carry a distinct,
 long, unmistakable value in:
 
 - at least one attribute of every Table E.1-1 action category (``D``, ``Z``,
@@ -42,8 +42,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from ctfleet.intake.dicom import dataset_to_bytes, series_to_datasets
 from ctfleet.dev.phantom import chest_phantom
+from ctfleet.dev.synthetic import series_to_datasets
+from ctfleet.intake import dataset_to_bytes
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -167,6 +168,13 @@ def _code(p: _Planter, meaning_keyword: str = "CodeMeaning") -> Dataset:
 
 
 def _sequences(p: _Planter, ds: Dataset) -> None:
+    # In this order: every planted value is numbered as it is drawn.
+    _patient_sequences(p, ds)
+    _reference_sequences(p, ds)
+    _unlisted_sequences(p, ds)
+
+
+def _patient_sequences(p: _Planter, ds: Dataset) -> None:
     # D: an SR-like content tree (emptied), with names, text and a date-time inside.
     content = Dataset()
     p.set(content, "PersonName")
@@ -193,6 +201,9 @@ def _sequences(p: _Planter, ds: Dataset) -> None:
     ref_patient.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.1.1"
     ref_patient.ReferencedSOPInstanceUID = p.uid()
     ds.ReferencedPatientSequence = Sequence([ref_patient])
+
+
+def _reference_sequences(p: _Planter, ds: Dataset) -> None:
     # X/Z, X/Z/D: references to study and procedure step.
     for keyword in ("ReferencedStudySequence", "ReferencedPerformedProcedureStepSequence"):
         ref = Dataset()
@@ -226,6 +237,9 @@ def _sequences(p: _Planter, ds: Dataset) -> None:
     p.set(deeper, "AcquisitionDate")
     source.ReferencedImageSequence = Sequence([deeper])
     ds.SourceImageSequence = Sequence([source])
+
+
+def _unlisted_sequences(p: _Planter, ds: Dataset) -> None:
     # Unlisted sequence: walked; the safety net catches PN/DA/UI/TM inside, two levels.
     region = Dataset()
     region.CodeValue = "T-D3000"
@@ -344,7 +358,7 @@ def phi_corpus(
     -------
     files : list of (str, bytes)
         Relative file name and Part 10 bytes, one per slice; a valid CT series
-        that :func:`ctfleet.intake.dicom.choose_series` accepts and whose pixels pass
+        that :func:`ctfleet.intake.choice.choose_series` accepts and whose pixels pass
         :func:`ctfleet.intake.pixels.check_series`.
     planted : list of bytes
         Every planted value that must not appear in any de-identified output,

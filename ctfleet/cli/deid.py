@@ -3,9 +3,9 @@
 The work behind the command (the argument parsing lives in :mod:`ctfleet.cli.main`):
 
 1. every file under INPUT (recursively, in sorted path order) is read with
-   :func:`ctfleet.intake.dicom.read_dataset`; files that are not DICOM images (a
+   :func:`ctfleet.intake.reading.read_dataset`; files that are not DICOM images (a
    DICOMDIR, a text file, a truncated file) are skipped and counted by reason;
-2. the images are grouped into stacks with :func:`ctfleet.intake.dicom.group_series`;
+2. the images are grouped into stacks with :func:`ctfleet.intake.series.group_series`;
 3. each stack goes through :func:`ctfleet.intake.pixels.check_series`; a rejected
    stack writes nothing and is listed with its reason code;
 4. each accepted stack is de-identified slice by slice
@@ -26,22 +26,30 @@ input path: only pseudonyms, counts and reason codes.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ctfleet.intake import dicom
-from ctfleet.contracts import Reason, check_facility, study_key
-from ctfleet.intake.deid import deidentify
-from ctfleet.errors import BadInput
-from ctfleet.intake.pixels import check_series
+from pydicom.dataset import Dataset
 
-OUTPUT_EXISTS = Reason.OUTPUT_EXISTS
-"""Reason code: OUTPUT exists and is not an empty folder."""
+from ctfleet.contracts import Reason, check_facility, study_key
+from ctfleet.errors import BadInput
+from ctfleet.intake.deid import deidentify
+from ctfleet.local.secrets import local_secret
+from ctfleet.settings import Settings
+from ctfleet.intake.pixels import check_series
+from ctfleet.intake.reading import read_dataset
+from ctfleet.intake.series import group_series
+from ctfleet.intake.writing import dataset_to_bytes
+
 SERIES_PSEUDONYM_HEX = 16
+_Plan = list[tuple[str, tuple[Dataset, ...]]]  # (folder name, slices) of every accepted stack
 
 
 def series_pseudonym(secret: bytes, series_instance_uid: str) -> str:
@@ -70,9 +78,9 @@ class NothingAccepted(BadInput):
 
 def _check_output(output_dir: Path) -> None:
     if output_dir.is_symlink() or (output_dir.exists() and not output_dir.is_dir()):
-        raise BadInput(OUTPUT_EXISTS, "OUTPUT exists and is not a folder; give a new or empty folder")
+        raise BadInput(Reason.OUTPUT_EXISTS, "OUTPUT exists and is not a folder; give a new or empty folder")
     if output_dir.is_dir() and any(output_dir.iterdir()):
-        raise BadInput(OUTPUT_EXISTS, "OUTPUT is not empty; give a new or empty folder")
+        raise BadInput(Reason.OUTPUT_EXISTS, "OUTPUT is not empty; give a new or empty folder")
 
 
 def _input_files(input_dir: Path) -> list[Path]:
@@ -103,7 +111,7 @@ def run(input_dir: Path, output_dir: Path, facility: str, secret: bytes) -> dict
         ``{"accepted": [{"series": pseudonym, "files": n}],
         "rejected": [{"series": pseudonym, "files": n, "reason": code}],
         "skipped": {reason: count}}``, series in the order of
-        :func:`ctfleet.intake.dicom.group_series`.
+        :func:`ctfleet.intake.series.group_series`.
 
     Raises
     ------
@@ -116,28 +124,47 @@ def run(input_dir: Path, output_dir: Path, facility: str, secret: bytes) -> dict
     """
     check_facility(facility)
     if not secret:
-        raise BadInput("no_secret", "the facility secret is empty")
+        raise BadInput(Reason.NO_SECRET, "the facility secret is empty")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     _check_output(output_dir)
     if not input_dir.is_dir():
-        raise BadInput("no_input", "INPUT is not a folder")
+        raise BadInput(Reason.NO_INPUT, "INPUT is not a folder")
+    datasets, skipped = _read_all(input_dir)
+    plan, accepted, rejected = _plan(datasets, secret)
+    result = {"accepted": accepted, "rejected": rejected, "skipped": dict(sorted(skipped.items()))}
+    if not plan:
+        if rejected:
+            reason = Counter(r["reason"] for r in rejected).most_common(1)[0][0]
+            raise NothingAccepted(reason, f"none of {len(rejected)} series was accepted", result)
+        reason = skipped.most_common(1)[0][0] if skipped else Reason.NOT_DICOM
+        raise NothingAccepted(reason, f"no DICOM image among {sum(skipped.values())} files", result)
 
-    datasets = []
+    _write(output_dir, plan, secret, facility)
+    return result
+
+
+def _read_all(input_dir: Path) -> tuple[list[Dataset], Counter[str]]:
+    """Every DICOM image under ``input_dir``, and how many files were skipped for which reason."""
+    datasets: list[Dataset] = []
     skipped: Counter[str] = Counter()
     for i, path in enumerate(_input_files(input_dir)):
         try:
             # Paths may carry PHI (a folder per patient): errors name an index only.
-            datasets.append(dicom.read_dataset(path.read_bytes(), name=f"file {i}"))
+            datasets.append(read_dataset(path.read_bytes(), name=f"file {i}"))
         except BadInput as exc:
             skipped[exc.reason] += 1
         except OSError:
-            skipped["unreadable"] += 1
+            skipped[Reason.UNREADABLE] += 1
+    return datasets, skipped
 
+
+def _plan(datasets: list[Dataset], secret: bytes) -> tuple[_Plan, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Name every stack and check its pixels: (what to write, the accepted, the rejected)."""
     accepted: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    plan: list[tuple[str, tuple[Any, ...]]] = []
+    plan: _Plan = []
     used: Counter[str] = Counter()
-    for n, series in enumerate(dicom.group_series(datasets)):
+    for n, series in enumerate(group_series(datasets)):
         if series.series_instance_uid:
             base = series_pseudonym(secret, series.series_instance_uid)
         else:
@@ -151,20 +178,10 @@ def run(input_dir: Path, output_dir: Path, facility: str, secret: bytes) -> dict
             continue
         plan.append((name, series.datasets))
         accepted.append({"series": name, "files": series.n_slices})
-
-    result = {"accepted": accepted, "rejected": rejected, "skipped": dict(sorted(skipped.items()))}
-    if not plan:
-        if rejected:
-            reason = Counter(r["reason"] for r in rejected).most_common(1)[0][0]
-            raise NothingAccepted(reason, f"none of {len(rejected)} series was accepted", result)
-        reason = skipped.most_common(1)[0][0] if skipped else Reason.NOT_DICOM
-        raise NothingAccepted(reason, f"no DICOM image among {sum(skipped.values())} files", result)
-
-    _write(output_dir, plan, secret, facility)
-    return result
+    return plan, accepted, rejected
 
 
-def _write(output_dir: Path, plan: list[tuple[str, tuple[Any, ...]]], secret: bytes, facility: str) -> None:
+def _write(output_dir: Path, plan: _Plan, secret: bytes, facility: str) -> None:
     """Write into a temporary sibling, then rename: OUTPUT appears whole or not at all."""
     parent = output_dir.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +191,7 @@ def _write(output_dir: Path, plan: list[tuple[str, tuple[Any, ...]]], secret: by
             folder = tmp / name
             folder.mkdir()
             for index, ds in enumerate(slices):
-                data = dicom.dataset_to_bytes(deidentify(ds, secret, facility=facility))
+                data = dataset_to_bytes(deidentify(ds, secret, facility=facility))
                 (folder / f"{index:04d}.dcm").write_bytes(data)
         _check_output(output_dir)  # someone may have written there meanwhile
         if output_dir.is_dir():
@@ -185,4 +202,29 @@ def _write(output_dir: Path, plan: list[tuple[str, tuple[Any, ...]]], secret: by
         raise
 
 
-__all__ = ["OUTPUT_EXISTS", "run", "series_pseudonym"]
+__all__ = ["run", "series_pseudonym"]
+
+
+def command(args: argparse.Namespace, settings: Settings) -> int:
+    facility = check_facility(args.facility)
+    if args.secret_file is not None:
+        try:
+            secret = args.secret_file.read_bytes().strip()
+        except OSError as exc:
+            raise BadInput(Reason.NO_SECRET, f"cannot read --secret-file {args.secret_file}") from exc
+        if len(secret) < 16:
+            raise BadInput(Reason.NO_SECRET, "the secret file must hold at least 16 bytes (e.g. 64 hex characters)")
+    else:
+        secret = local_secret(settings, facility)
+    if not args.input.is_dir():
+        raise BadInput(Reason.NO_INPUT, f"{args.input} is not a folder")
+    try:
+        result = run(args.input, args.output, facility, secret)
+    except NothingAccepted as exc:
+        print(json.dumps(exc.result, sort_keys=True))  # what was rejected, and why; then exit 2
+        raise
+    accepted = sum(a["files"] for a in result["accepted"])
+    print(f"deid: {len(result['accepted'])} series ({accepted} files) written to {args.output}, "
+          f"{len(result['rejected'])} rejected", file=sys.stderr)
+    print(json.dumps(result, sort_keys=True))
+    return 0

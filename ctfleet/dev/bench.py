@@ -59,7 +59,8 @@ def unpack_real_ct(archive: Path, cache: Path) -> Path:
 
 def make_400_slice_study(real: Path, out: Path) -> Path:
     """The real CT resampled along z to 400 slices (linear), written as a DICOM series."""
-    from ctfleet.intake import dicom
+    from ctfleet.dev.synthetic import series_to_datasets
+    from ctfleet.intake import dataset_to_bytes
     from ctfleet.intake.files import load_study
 
     if len(list(out.glob("*.dcm"))) == 400:
@@ -73,8 +74,8 @@ def make_400_slice_study(real: Path, out: Path) -> Path:
     w = (positions - lo)[:, None, None].astype(np.float32)
     hu = volume.hu[lo] * (1 - w) + volume.hu[hi] * w
     spacing = (volume.spacing_mm[0] * (z - 1) / 399, volume.spacing_mm[1], volume.spacing_mm[2])
-    for i, ds in enumerate(dicom.series_to_datasets(np.round(hu), spacing, patient_name="BENCH^FOUR HUNDRED")):
-        (out / f"IM{i:04d}.dcm").write_bytes(dicom.dataset_to_bytes(ds))
+    for i, ds in enumerate(series_to_datasets(np.round(hu), spacing, patient_name="BENCH^FOUR HUNDRED")):
+        (out / f"IM{i:04d}.dcm").write_bytes(dataset_to_bytes(ds))
     return out
 
 
@@ -99,7 +100,7 @@ def baseline_read_hu(files: list[Path]) -> np.ndarray:
 def bench_series(label: str, folder: Path, repeat: int, device: str) -> dict[str, float | str]:
     from model import analyze
 
-    from ctfleet.intake import dicom
+    from ctfleet.intake import read_dataset, volume_from_series
     from ctfleet.results.files import render
     from ctfleet.intake.prepare import prepare_study
 
@@ -120,11 +121,11 @@ def bench_series(label: str, folder: Path, repeat: int, device: str) -> dict[str
 
     t_command = median_time(command, repeat)
     blobs = [p.read_bytes() for p in files]
-    volume = dicom.volume_from_series([dicom.read_dataset(b) for b in blobs])
+    volume = volume_from_series([read_dataset(b) for b in blobs])
     t_analyze = median_time(lambda: analyze(volume, device), repeat)
 
     def worker_path() -> None:
-        vol = dicom.volume_from_series([dicom.read_dataset(b) for b in blobs])
+        vol = volume_from_series([read_dataset(b) for b in blobs])
         render(analyze(vol, device), vol)
 
     t_worker = median_time(worker_path, repeat)

@@ -487,7 +487,7 @@ def deidentify(ds: Dataset, secret: bytes, *, facility: str) -> Dataset:
     Parameters
     ----------
     ds : pydicom.Dataset
-        One instance, e.g. from :func:`ctfleet.intake.dicom.read_dataset`.
+        One instance, e.g. from :func:`ctfleet.intake.reading.read_dataset`.
     secret : bytes
         The facility's secret; the same secret gives the same UIDs, pseudonyms
         and date shift, a different one gives unrelated ones.
@@ -521,6 +521,15 @@ def deidentify(ds: Dataset, secret: bytes, *, facility: str) -> Dataset:
     out.PatientID = ctx.pseudonym
     out.PatientIdentityRemoved = "YES"
     out.DeidentificationMethod = METHOD
+    out.DeidentificationMethodCodeSequence = _method_code_sequence()
+    out.LongitudinalTemporalInformationModified = "MODIFIED"
+
+    out.file_meta = _file_meta(ds, out, ctx)
+    return out
+
+
+def _method_code_sequence() -> DicomSequence:
+    """DeidentificationMethodCodeSequence: one DCM code item per entry of :data:`METHOD_CODES`."""
     items = []
     for value, meaning in METHOD_CODES:
         code = Dataset()
@@ -528,11 +537,7 @@ def deidentify(ds: Dataset, secret: bytes, *, facility: str) -> Dataset:
         code.CodingSchemeDesignator = "DCM"
         code.CodeMeaning = meaning
         items.append(code)
-    out.DeidentificationMethodCodeSequence = DicomSequence(items)
-    out.LongitudinalTemporalInformationModified = "MODIFIED"
-
-    out.file_meta = _file_meta(ds, out, ctx)
-    return out
+    return DicomSequence(items)
 
 
 def _file_meta(original: Dataset, out: Dataset, ctx: _Context) -> FileMetaDataset:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ctfleet.contracts import Reason
 from ctfleet.errors import BadInput
 
 if TYPE_CHECKING:
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LoadedStudy:
+    """A study read from disk: its volume and, for DICOM, the slices it came from."""
+
     volume: "Volume"
     source_datasets: tuple[Any, ...] | None  # the DICOM series the volume came from (None for NIfTI)
 
@@ -21,14 +24,14 @@ class LoadedStudy:
 def load_study(path: Path) -> LoadedStudy:
     """A volume (and its DICOM series) from a DICOM folder (searched recursively) or a NIfTI file.
 
-    For a folder, the best axial CT series is chosen (see :func:`ctfleet.intake.dicom.choose_series`).
+    For a folder, the best axial CT series is chosen (see :func:`ctfleet.intake.choice.choose_series`).
 
     Raises
     ------
     BadInput
         With a reason code when the input cannot give a CT volume.
     """
-    from model.volume import Volume
+    from ctfleet.intake.volume import checked_volume
 
     if path.is_file() and path.name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
@@ -40,27 +43,30 @@ def load_study(path: Path) -> LoadedStudy:
                 raise TypeError(type(img).__name__)
             data = np.asarray(img.dataobj, dtype=np.float32)
         except Exception as exc:  # noqa: BLE001 - nibabel raises many kinds
-            raise BadInput("not_nifti", f"cannot read {path.name} as NIfTI") from exc
+            raise BadInput(Reason.NOT_NIFTI, f"cannot read {path.name} as NIfTI") from exc
         if data.ndim == 4 and data.shape[3] == 1:
             data = data[..., 0]
         if data.ndim != 3:
-            raise BadInput("bad_shape", f"expected a 3-D image, got {data.ndim} dimensions")
+            raise BadInput(Reason.BAD_SHAPE, f"expected a 3-D image, got {data.ndim} dimensions")
         zooms = img.header.get_zooms()[:3]
         # nibabel's array is (i, j, k) = (X, Y, Z); the model wants (Z, Y, X).
-        volume = Volume(hu=np.ascontiguousarray(data.transpose(2, 1, 0)),
-                        spacing_mm=(float(zooms[2]), float(zooms[1]), float(zooms[0])), affine=img.affine)
+        volume = checked_volume(np.ascontiguousarray(data.transpose(2, 1, 0)),
+                                (float(zooms[2]), float(zooms[1]), float(zooms[0])), img.affine)
         return LoadedStudy(volume, None)
     if not path.is_dir():
-        raise BadInput("no_input", f"{path} is neither a folder of DICOM files nor a .nii/.nii.gz file")
-    from ctfleet.intake import dicom
+        raise BadInput(Reason.NO_INPUT, f"{path} is neither a folder of DICOM files nor a .nii/.nii.gz file")
+    from ctfleet.intake.choice import choose_series
+    from ctfleet.intake.reading import read_dataset
+    from ctfleet.intake.series import group_series
+    from ctfleet.intake.volume import volume_from_series
 
     datasets = []
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         try:
-            datasets.append(dicom.read_dataset(file.read_bytes(), name=file.name))
+            datasets.append(read_dataset(file.read_bytes(), name=file.name))
         except BadInput:
             continue  # DICOMDIR, notes, thumbnails: not images of the study
     if not datasets:
-        raise BadInput("not_dicom", f"no readable DICOM image under {path}")
-    series = dicom.choose_series(dicom.group_series(datasets))
-    return LoadedStudy(dicom.volume_from_series(list(series.datasets)), tuple(series.datasets))
+        raise BadInput(Reason.NOT_DICOM, f"no readable DICOM image under {path}")
+    series = choose_series(group_series(datasets))
+    return LoadedStudy(volume_from_series(list(series.datasets)), tuple(series.datasets))

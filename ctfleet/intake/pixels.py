@@ -44,19 +44,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 
 from ctfleet.contracts import Reason
 from ctfleet.errors import BadInput
+from ctfleet.intake.headers import text_value
 
-BURNED_IN_ANNOTATION = Reason.BURNED_IN_ANNOTATION
-SECONDARY_CAPTURE = Reason.SECONDARY_CAPTURE
-DERIVED_IMAGE = Reason.DERIVED_IMAGE
-NOT_CT = Reason.NOT_CT
-BURNED_IN_TEXT = Reason.BURNED_IN_TEXT
-UNSUPPORTED_PIXEL_DATA = Reason.UNSUPPORTED_PIXEL_DATA
-REASONS = (BURNED_IN_ANNOTATION, SECONDARY_CAPTURE, DERIVED_IMAGE, NOT_CT, BURNED_IN_TEXT, UNSUPPORTED_PIXEL_DATA)
-"""Every reason code this module raises (the first five are new to ``contracts.Reason``)."""
+REASONS = (Reason.BURNED_IN_ANNOTATION, Reason.SECONDARY_CAPTURE, Reason.DERIVED_IMAGE, Reason.NOT_CT,
+           Reason.BURNED_IN_TEXT, Reason.UNSUPPORTED_PIXEL_DATA)
+"""Every reason code this module raises, in the order :func:`check_series` tries its rules."""
 
 SECONDARY_CAPTURE_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
@@ -98,15 +93,7 @@ CONSTANT_FRACTION = 0.3
 
 
 def _text(ds: Dataset, keyword: str) -> str:
-    try:
-        value = ds.get(keyword)
-    except Exception:  # a value that does not convert is treated as absent
-        return ""
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple, MultiValue)):
-        return "\\".join(str(v) for v in value).strip().upper()
-    return str(value).strip().upper()
+    return text_value(ds, keyword).upper()
 
 
 def _image_type(ds: Dataset) -> list[str]:
@@ -115,7 +102,7 @@ def _image_type(ds: Dataset) -> list[str]:
 
 
 def is_screenshot_like(image_type: Sequence[str]) -> bool:
-    """The :data:`DERIVED_IMAGE` rule on ImageType values (upper case).
+    """The ``derived_image`` rule on ImageType values (upper case).
 
     Parameters
     ----------
@@ -149,13 +136,13 @@ def check_header(ds: Dataset, index: int = 0) -> None:
         ``burned_in_annotation``, ``secondary_capture``, ``derived_image`` or ``not_ct``.
     """
     if _text(ds, "BurnedInAnnotation") == "YES":
-        raise BadInput(BURNED_IN_ANNOTATION, f"slice {index} declares burned-in annotation")
+        raise BadInput(Reason.BURNED_IN_ANNOTATION, f"slice {index} declares burned-in annotation")
     if _text(ds, "SOPClassUID") in SECONDARY_CAPTURE_CLASSES or "ConversionType" in ds:
-        raise BadInput(SECONDARY_CAPTURE, f"slice {index} is a secondary capture")
+        raise BadInput(Reason.SECONDARY_CAPTURE, f"slice {index} is a secondary capture")
     if is_screenshot_like(_image_type(ds)):
-        raise BadInput(DERIVED_IMAGE, f"slice {index} is a screenshot or rendered view (ImageType)")
+        raise BadInput(Reason.DERIVED_IMAGE, f"slice {index} is a screenshot or rendered view (ImageType)")
     if _text(ds, "Modality") != "CT":
-        raise BadInput(NOT_CT, f"slice {index} is not CT")
+        raise BadInput(Reason.NOT_CT, f"slice {index} is not CT")
 
 
 # -- pixels ----------------------------------------------------------------------------
@@ -180,11 +167,11 @@ def hounsfield(ds: Dataset) -> np.ndarray:
     try:
         stored = ds.pixel_array
     except Exception:
-        raise BadInput(UNSUPPORTED_PIXEL_DATA, "cannot decode the pixel data to check it") from None
+        raise BadInput(Reason.UNSUPPORTED_PIXEL_DATA, "cannot decode the pixel data to check it") from None
     if stored.ndim == 3 and int(ds.get("SamplesPerPixel", 1) or 1) == 1:
         stored = stored[0]  # multi-frame: frames share one annotation layout
     if stored.ndim != 2:
-        raise BadInput(UNSUPPORTED_PIXEL_DATA, "only greyscale pixel data can be checked")
+        raise BadInput(Reason.UNSUPPORTED_PIXEL_DATA, "only greyscale pixel data can be checked")
     slope = _float(ds, "RescaleSlope", 1.0) or 1.0
     intercept = _float(ds, "RescaleIntercept", 0.0)
     return stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
@@ -255,34 +242,8 @@ def components(mask: np.ndarray, max_runs: int = 200_000) -> list[Component]:
     n = len(run_rows)
     if n == 0 or n > max_runs:
         return []
-    sets = _DisjointSets(n)
-    row_first = np.searchsorted(run_rows, np.arange(rows_n + 1))
-    rr, ss, ee = run_rows.tolist(), run_starts.tolist(), run_ends.tolist()
-    for y in range(rows_n - 1):
-        a, a_end = int(row_first[y]), int(row_first[y + 1])
-        b, b_end = a_end, int(row_first[y + 2])
-        while a < a_end and b < b_end:
-            # 8-connectivity: runs touch when they overlap or meet at a corner.
-            if ss[a] <= ee[b] and ss[b] <= ee[a]:
-                sets.union(a, b)
-            if ee[a] < ee[b]:
-                a += 1
-            else:
-                b += 1
-    del rr
-    roots = np.fromiter((sets.find(i) for i in range(n)), dtype=np.int64, count=n)
-    # Pixels that survive one 3x3 erosion, counted per run with a row-wise cumulative sum.
-    eroded = mask.copy()
-    eroded[0, :] = eroded[-1, :] = False
-    eroded[:, 0] = eroded[:, -1] = False
-    core = eroded[1:-1, 1:-1]
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy or dx:
-                core &= mask[1 + dy: rows_n - 1 + dy, 1 + dx: cols_n - 1 + dx]
-    csum = np.zeros((rows_n, cols_n + 1), dtype=np.int32)
-    np.cumsum(eroded, axis=1, out=csum[:, 1:])
-    run_core = csum[run_rows, run_ends] - csum[run_rows, run_starts]
+    roots = _run_roots(run_rows, run_starts.tolist(), run_ends.tolist(), rows_n)
+    run_core = _run_core(mask, run_rows, run_starts, run_ends)
     order = np.argsort(roots, kind="stable")
     sorted_roots = roots[order]
     bounds = np.flatnonzero(np.diff(sorted_roots)) + 1
@@ -294,6 +255,41 @@ def components(mask: np.ndarray, max_runs: int = 200_000) -> list[Component]:
             area=int((e - s).sum()), core=int(run_core[group].sum()), rows=r, starts=s, ends=e,
         ))
     return out
+
+
+def _run_roots(run_rows: np.ndarray, ss: list[int], ee: list[int], rows_n: int) -> np.ndarray:
+    """For each run (ordered by row), the smallest run index of its 8-connected component."""
+    n = len(run_rows)
+    sets = _DisjointSets(n)
+    row_first = np.searchsorted(run_rows, np.arange(rows_n + 1))
+    for y in range(rows_n - 1):
+        a, a_end = int(row_first[y]), int(row_first[y + 1])
+        b, b_end = a_end, int(row_first[y + 2])
+        while a < a_end and b < b_end:
+            # 8-connectivity: runs touch when they overlap or meet at a corner.
+            if ss[a] <= ee[b] and ss[b] <= ee[a]:
+                sets.union(a, b)
+            if ee[a] < ee[b]:
+                a += 1
+            else:
+                b += 1
+    return np.fromiter((sets.find(i) for i in range(n)), dtype=np.int64, count=n)
+
+
+def _run_core(mask: np.ndarray, run_rows: np.ndarray, run_starts: np.ndarray, run_ends: np.ndarray) -> np.ndarray:
+    """Pixels of each run that survive one 3x3 erosion, counted with a row-wise cumulative sum."""
+    rows_n, cols_n = mask.shape
+    eroded = mask.copy()
+    eroded[0, :] = eroded[-1, :] = False
+    eroded[:, 0] = eroded[:, -1] = False
+    core = eroded[1:-1, 1:-1]
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                core &= mask[1 + dy: rows_n - 1 + dy, 1 + dx: cols_n - 1 + dx]
+    csum = np.zeros((rows_n, cols_n + 1), dtype=np.int32)
+    np.cumsum(eroded, axis=1, out=csum[:, 1:])
+    return csum[run_rows, run_ends] - csum[run_rows, run_starts]
 
 
 def _body_mask(hu: np.ndarray) -> np.ndarray:
@@ -412,7 +408,7 @@ def check_pixels(ds: Dataset, index: int = 0) -> None:
     """
     lines = find_text_lines(hounsfield(ds))
     if lines:
-        raise BadInput(BURNED_IN_TEXT, f"slice {index}: {len(lines)} line(s) of burned-in text in the pixels")
+        raise BadInput(Reason.BURNED_IN_TEXT, f"slice {index}: {len(lines)} line(s) of burned-in text in the pixels")
 
 
 def sample_indices(n: int, count: int | None = PIXEL_SLICES) -> list[int]:
@@ -450,13 +446,7 @@ def check_series(datasets: Sequence[Dataset], *, pixel_slices: int | None = PIXE
 
 
 __all__ = [
-    "BURNED_IN_ANNOTATION",
-    "BURNED_IN_TEXT",
-    "DERIVED_IMAGE",
-    "NOT_CT",
     "REASONS",
-    "SECONDARY_CAPTURE",
-    "UNSUPPORTED_PIXEL_DATA",
     "check_header",
     "check_pixels",
     "check_series",

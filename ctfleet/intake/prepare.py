@@ -12,12 +12,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ctfleet.intake import dicom
-
-from ctfleet.intake import pixels
 from ctfleet.contracts import Reason, study_key
-from ctfleet.intake.deid import deidentify
 from ctfleet.errors import BadInput
+from ctfleet.intake import pixels
+from ctfleet.intake.choice import choose
+from ctfleet.intake.deid import deidentify
+from ctfleet.intake.reading import read_dataset
+from ctfleet.intake.series import group_series
+from ctfleet.intake.writing import dataset_to_bytes
 
 
 @dataclass(frozen=True)
@@ -55,21 +57,21 @@ def prepare_study(blobs: list[bytes], *, secret: bytes, facility: str) -> Prepar
     skipped: Counter[str] = Counter()
     for i, blob in enumerate(blobs):  # file names may carry PHI: errors name an index
         try:
-            datasets.append(dicom.read_dataset(blob, name=f"file {i}"))
+            datasets.append(read_dataset(blob, name=f"file {i}"))
         except BadInput as exc:
             skipped[exc.reason] += 1  # e.g. a DICOMDIR or a stray text file beside the images
     if not datasets:
         reason = skipped.most_common(1)[0][0] if skipped else Reason.NOT_DICOM
         raise BadInput(reason, f"none of the {len(blobs)} files is a usable DICOM image")
-    found = dicom.group_series(datasets)
-    choice = dicom.choose(found)
+    found = group_series(datasets)
+    choice = choose(found)
     chosen = choice.series
     # Pixels that may show identity (burned-in text, screenshots) never get past ingest.
     pixels.check_series(list(chosen.datasets))
     t_read = time.perf_counter()
     key = study_key(secret, chosen.study_instance_uid)
     series_id = study_key(secret, chosen.series_instance_uid)[:16]
-    clean = tuple(dicom.dataset_to_bytes(deidentify(ds, secret, facility=facility)) for ds in chosen.datasets)
+    clean = tuple(dataset_to_bytes(deidentify(ds, secret, facility=facility)) for ds in chosen.datasets)
     t_deid = time.perf_counter()
     return PreparedStudy(
         study_key=key,

@@ -33,16 +33,17 @@ class DemoStudy:
 
 def phantom_studies() -> list[DemoStudy]:
     """The bundled synthetic studies: one that must triage HIGH and one clean (LOW)."""
-    from ctfleet.intake import dicom
     from ctfleet.dev import phantom
+    from ctfleet.dev.synthetic import series_to_datasets
+    from ctfleet.intake import dataset_to_bytes
 
     studies = []
     for label, expect in (("high", "HIGH"), ("clean", "LOW")):
         p = phantom.from_preset(label)
         name, pid = _DEMO_PATIENTS[label]
-        datasets = dicom.series_to_datasets(p.hu, p.spacing_mm, patient_name=name, patient_id=pid,
-                                            study_date="20260101")
-        files = [(f"{label}/IM{i:04d}.dcm", dicom.dataset_to_bytes(ds)) for i, ds in enumerate(datasets)]
+        datasets = series_to_datasets(p.hu, p.spacing_mm, patient_name=name, patient_id=pid,
+                                      study_date="20260101")
+        files = [(f"{label}/IM{i:04d}.dcm", dataset_to_bytes(ds)) for i, ds in enumerate(datasets)]
         studies.append(DemoStudy(label=f"phantom-{label}", files=files, expect=expect))
     return studies
 
@@ -69,7 +70,7 @@ def run_demo(settings: Settings, folders: list[Path], *, workers: int = 1, timeo
         for study in studies:
             up = api.upload(facility, study.files)
             pending[up.upload_id] = study
-            print(f"demo: uploaded {study.label}: {up.files} files, {up.bytes / 1e6:.1f} MB", file=err)
+            print(f"demo: uploaded {study.label}: {up.files} files, {up.size_bytes / 1e6:.1f} MB", file=err)
         outcomes: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + timeout_s
         while pending and time.monotonic() < deadline:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctfleet.intake import dicom
+from ctfleet.dev.synthetic import series_to_datasets
+from ctfleet.intake import choose_series, dataset_to_bytes, group_series, read_dataset
 from ctfleet.intake.files import load_study
 
 pytestmark = pytest.mark.integration
@@ -64,8 +65,8 @@ def test_labels_open_in_nibabel_on_the_dicom_grid(analyzed, real_ct_dir):
     labels = np.asarray(img.dataobj)
     assert set(np.unique(labels)) <= {0, 1, 2, 3} and (labels == 1).sum() > 0
     # Every voxel centre maps to the same RAS point as the DICOM geometry says (LPS -> RAS).
-    datasets = [dicom.read_dataset(p.read_bytes()) for p in sorted(real_ct_dir.glob("*.dcm"))]
-    series = dicom.choose_series(dicom.group_series(datasets))
+    datasets = [read_dataset(p.read_bytes()) for p in sorted(real_ct_dir.glob("*.dcm"))]
+    series = choose_series(group_series(datasets))
     first = series.datasets[0]
     lps = np.array([float(v) for v in first.ImagePositionPatient])
     np.testing.assert_allclose(img.affine[:3, 3], lps * [-1, -1, 1], atol=1e-3)
@@ -145,8 +146,8 @@ def test_analyze_writes_a_dicom_seg_on_request(tmp_path):
     phantom = from_preset("high")
     study = tmp_path / "study"
     study.mkdir()
-    for i, ds in enumerate(dicom.series_to_datasets(phantom.hu, phantom.spacing_mm)):
-        (study / f"IM{i:03d}.dcm").write_bytes(dicom.dataset_to_bytes(ds))
+    for i, ds in enumerate(series_to_datasets(phantom.hu, phantom.spacing_mm)):
+        (study / f"IM{i:03d}.dcm").write_bytes(dataset_to_bytes(ds))
     proc = ctfleet("analyze", str(study), "--out", str(tmp_path / "out"), "--seg")
     assert proc.returncode == 0, proc.stderr[-2000:]
     import highdicom as hd

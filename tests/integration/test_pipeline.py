@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctfleet.intake import dicom
+from ctfleet.intake import read_dataset
 from ctfleet.local.demo import phantom_studies
 
 pytestmark = pytest.mark.integration
@@ -96,10 +96,10 @@ def test_no_phi_past_ingest(stack, finished, phantoms, worker_log):
     """The phantoms' names, ids and UIDs appear nowhere outside raw/: not in S3, records, alerts or logs."""
     planted: set[bytes] = set()
     for study in phantoms.values():
-        ds = dicom.read_dataset(study.files[0][1])
+        ds = read_dataset(study.files[0][1])
         planted |= {str(ds.PatientName).encode(), str(ds.PatientID).encode(),
                     str(ds.StudyInstanceUID).encode(), str(ds.SeriesInstanceUID).encode()}
-        planted |= {dicom.read_dataset(b).SOPInstanceUID.encode() for _, b in study.files[:3]}
+        planted |= {read_dataset(b).SOPInstanceUID.encode() for _, b in study.files[:3]}
     planted.discard(b"")
     s3 = stack.clients.s3
     blobs = []

@@ -30,14 +30,8 @@ from ctfleet.intake.deid import (
     table_action,
     uid_for,
 )
-from ctfleet.intake.dicom import (
-    choose_series,
-    dataset_to_bytes,
-    group_series,
-    read_dataset,
-    series_to_datasets,
-    volume_from_series,
-)
+from ctfleet.dev.synthetic import series_to_datasets
+from ctfleet.intake import choose_series, dataset_to_bytes, group_series, read_dataset, volume_from_series
 
 SECRET = b"s" * 32
 OTHER_SECRET = b"t" * 32

@@ -12,12 +12,12 @@ from phi import phi_corpus
 from PIL import Image, ImageDraw, ImageFont
 
 from ctfleet.cli import deid as deidcli
+from ctfleet.cli.deid import run, series_pseudonym
 from ctfleet.contracts import Reason
-from ctfleet.cli.deid import OUTPUT_EXISTS, run, series_pseudonym
-from ctfleet.intake.dicom import dataset_to_bytes, read_dataset, series_to_datasets
-from ctfleet.errors import BadInput
 from ctfleet.dev.phantom import chest_phantom
-from ctfleet.intake.pixels import BURNED_IN_TEXT, NOT_CT
+from ctfleet.dev.synthetic import series_to_datasets
+from ctfleet.errors import BadInput
+from ctfleet.intake import dataset_to_bytes, read_dataset
 
 SECRET = b"f" * 32
 FACILITY = "north-general"
@@ -80,7 +80,7 @@ def test_run_accepts_rejects_skips_and_leaks_nothing(tmp_path: Path) -> None:
     corpus_series = read_dataset(_corpus()[0][0][1]).SeriesInstanceUID
     pseudonym = series_pseudonym(SECRET, corpus_series)
     assert result["accepted"] == [{"series": pseudonym, "files": 6}]
-    assert sorted(r["reason"] for r in result["rejected"]) == sorted([BURNED_IN_TEXT, NOT_CT])
+    assert sorted(r["reason"] for r in result["rejected"]) == sorted([Reason.BURNED_IN_TEXT, Reason.NOT_CT])
     assert {r["files"] for r in result["rejected"]} == {4, 3}
     assert sum(result["skipped"].values()) == 2  # the text file and the broken DICOMDIR
     # Layout: OUTPUT/<series pseudonym>/<index>.dcm, nothing of the rejected series.
@@ -115,13 +115,13 @@ def test_output_must_be_new_or_empty(tmp_path: Path) -> None:
     (busy / "keep.txt").write_text("mine")
     with pytest.raises(BadInput) as err:
         run(source, busy, FACILITY, SECRET)
-    assert err.value.reason == OUTPUT_EXISTS
+    assert err.value.reason == Reason.OUTPUT_EXISTS
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(BadInput) as err:
         run(source, a_file, FACILITY, SECRET)
-    assert err.value.reason == OUTPUT_EXISTS
+    assert err.value.reason == Reason.OUTPUT_EXISTS
     empty = tmp_path / "empty"
     empty.mkdir()
     assert run(source, empty, FACILITY, SECRET)["accepted"]
@@ -131,7 +131,7 @@ def test_nothing_accepted_raises_and_writes_nothing(tmp_path: Path) -> None:
     source = _write_input(tmp_path / "in", corpus=False, mr=False, junk=False)
     with pytest.raises(BadInput) as err:
         run(source, tmp_path / "out", FACILITY, SECRET)
-    assert err.value.reason == BURNED_IN_TEXT
+    assert err.value.reason == Reason.BURNED_IN_TEXT
     assert not (tmp_path / "out").exists()
     empty_out = tmp_path / "empty-out"
     empty_out.mkdir()
@@ -178,4 +178,4 @@ def test_cli_deid_prints_one_json_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
-    assert len(result["accepted"]) == 1 and result["rejected"][0]["reason"] == BURNED_IN_TEXT
+    assert len(result["accepted"]) == 1 and result["rejected"][0]["reason"] == Reason.BURNED_IN_TEXT

@@ -1,4 +1,4 @@
-"""ctfleet.intake.dicom: reading, grouping, choosing, volumes, writing.
+"""ctfleet.intake: reading, grouping, choosing, volumes, writing (and ctfleet.dev.synthetic's series).
 
 Synthetic series are generated with series_to_datasets and round-tripped
 through bytes (BytesIO), as STYLE.md asks; the one real CT comes from the
@@ -7,10 +7,9 @@ through bytes (BytesIO), as STYLE.md asks; the one real CT comes from the
 
 from __future__ import annotations
 
+import importlib
 import io
 import random
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +18,15 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from ctfleet.intake import dicom
 from ctfleet.contracts import Reason
-from ctfleet.intake.dicom import (
-    DUPLICATE_SLICES,
-    INCONSISTENT_GEOMETRY,
-    INCONSISTENT_SPACING,
-    MISSING_GEOMETRY,
-    Series,
-    choose_series,
-    dataset_to_bytes,
-    group_series,
-    read_dataset,
-    series_to_datasets,
-    volume_from_series,
-)
+from ctfleet.dev.bench import median_time
+from ctfleet.dev.synthetic import decimal_string, series_to_datasets
 from ctfleet.errors import BadInput
+from ctfleet.intake.choice import Choice, choose, choose_series, explain_choice, kernel_class, volume_for_upload
+from ctfleet.intake.reading import read_dataset
+from ctfleet.intake.series import Series, group_series
+from ctfleet.intake.volume import volume_from_series
+from ctfleet.intake.writing import dataset_to_bytes
 from model.volume import Volume
 
 SPACING = (2.5, 0.7, 0.8)  # distinct on every axis so a swapped axis shows
@@ -165,7 +157,7 @@ def test_missing_slice_is_inconsistent_spacing() -> None:
     del datasets[4]
     with pytest.raises(BadInput) as exc:
         volume_from_series(datasets)
-    assert _reason(exc) == INCONSISTENT_SPACING
+    assert _reason(exc) == Reason.INCONSISTENT_SPACING
 
 
 def test_small_position_rounding_is_tolerated() -> None:
@@ -182,7 +174,7 @@ def test_duplicate_positions() -> None:
     copy_.ImagePositionPatient = datasets[2].ImagePositionPatient  # ...at the same place
     with pytest.raises(BadInput) as exc:
         volume_from_series([*datasets, copy_])
-    assert _reason(exc) == DUPLICATE_SLICES
+    assert _reason(exc) == Reason.DUPLICATE_SLICES
 
 
 def test_same_instance_twice_is_deduplicated_by_grouping() -> None:
@@ -198,19 +190,19 @@ def test_mixed_orientation_and_size_are_rejected() -> None:
     datasets[1].ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
     with pytest.raises(BadInput) as exc:
         volume_from_series(datasets)
-    assert _reason(exc) == INCONSISTENT_GEOMETRY
+    assert _reason(exc) == Reason.INCONSISTENT_GEOMETRY
 
     datasets = series_to_datasets(_hu((5, 4, 4)), SPACING)
     datasets[3].PixelSpacing = [0.5, 0.5]
     with pytest.raises(BadInput) as exc:
         volume_from_series(datasets)
-    assert _reason(exc) == INCONSISTENT_GEOMETRY
+    assert _reason(exc) == Reason.INCONSISTENT_GEOMETRY
 
     datasets = series_to_datasets(_hu((5, 4, 4)), SPACING)
     other = series_to_datasets(_hu((1, 4, 6)), SPACING, origin_mm=(0, 0, 99))[0]
     with pytest.raises(BadInput) as exc:
         volume_from_series([*datasets, other])
-    assert _reason(exc) == INCONSISTENT_GEOMETRY
+    assert _reason(exc) == Reason.INCONSISTENT_GEOMETRY
 
 
 def test_missing_geometry() -> None:
@@ -218,7 +210,7 @@ def test_missing_geometry() -> None:
     del datasets[2].ImagePositionPatient
     with pytest.raises(BadInput) as exc:
         volume_from_series(datasets)
-    assert _reason(exc) == MISSING_GEOMETRY
+    assert _reason(exc) == Reason.MISSING_GEOMETRY
 
 
 def test_positions_off_a_line_are_rejected() -> None:
@@ -227,7 +219,7 @@ def test_positions_off_a_line_are_rejected() -> None:
     datasets[2].ImagePositionPatient = [x + 5.0, y, z]  # one slice jumps sideways
     with pytest.raises(BadInput) as exc:
         volume_from_series(datasets)
-    assert _reason(exc) == INCONSISTENT_GEOMETRY
+    assert _reason(exc) == Reason.INCONSISTENT_GEOMETRY
 
 
 # -- reading errors ---------------------------------------------------------------------
@@ -420,34 +412,28 @@ def test_real_ct(real_ct_dir: Path) -> None:
     )
 
 
+def _naive_hu(blobs: list[bytes]) -> np.ndarray:
+    """What a plain pydicom reader does: dcmread, pixel_array, rescale, stack."""
+    return np.stack([ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+                     for ds in [pydicom.dcmread(io.BytesIO(b)) for b in blobs]])
+
+
 def test_real_ct_timing(real_ct_dir: Path) -> None:
     """Measure (not assert) volume_from_series against plain pydicom on the same files."""
     blobs, _ = _read_real(real_ct_dir)
-
-    def median_time(fn: object, repeat: int = 3) -> float:
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            fn()  # type: ignore[operator]
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
     plain = [pydicom.dcmread(io.BytesIO(b)) for b in blobs]
     datasets = [read_dataset(b) for b in blobs]
     volume_from_series(datasets)  # warm up: first touch of ~150 MB is paid once per process
-    t_dcmread = median_time(lambda: [pydicom.dcmread(io.BytesIO(b)) for b in blobs])
-    t_read = median_time(lambda: [read_dataset(b) for b in blobs])
-    t_volume = median_time(lambda: volume_from_series(datasets))
-    t_pixel_array = median_time(
-        lambda: np.stack([ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-                          for ds in [pydicom.dcmread(io.BytesIO(b)) for b in blobs]])
-    )
+    t_dcmread = median_time(lambda: [pydicom.dcmread(io.BytesIO(b)) for b in blobs], 3)
+    t_read = median_time(lambda: [read_dataset(b) for b in blobs], 3)
+    t_volume = median_time(lambda: volume_from_series(datasets), 3)
+    t_pixel_array = median_time(lambda: _naive_hu(blobs), 3)
     del plain
     from ctfleet.intake.deid import deidentify  # the worker reads de-identified files: its real hot path
 
     clean = [dataset_to_bytes(deidentify(ds, b"k" * 32, facility="f")) for ds in datasets]
-    t_dcmread_clean = median_time(lambda: [pydicom.dcmread(io.BytesIO(b)) for b in clean])
-    t_read_clean = median_time(lambda: [read_dataset(b) for b in clean])
+    t_dcmread_clean = median_time(lambda: [pydicom.dcmread(io.BytesIO(b)) for b in clean], 3)
+    t_read_clean = median_time(lambda: [read_dataset(b) for b in clean], 3)
     print(
         f"\n[de-identified copy] dcmread {t_dcmread_clean:.3f} s | read_dataset {t_read_clean:.3f} s | "
         f"ratio {t_read_clean / t_dcmread_clean:.2f}"
@@ -459,8 +445,10 @@ def test_real_ct_timing(real_ct_dir: Path) -> None:
     )
 
 
-def test_dicom_module_has_no_io_imports() -> None:
-    source = Path(dicom.__file__).read_text()
+@pytest.mark.parametrize("module", ["syntaxes", "headers", "reading", "geometry", "series", "choice", "volume",
+                                    "writing"])
+def test_intake_modules_have_no_io_imports(module: str) -> None:
+    source = Path(importlib.import_module(f"ctfleet.intake.{module}").__file__ or "").read_text()
     assert "boto3" not in source and "open(" not in source
 
 
@@ -471,18 +459,18 @@ def _stack(n: int, dz: float, study: str, **extra: object) -> list[Dataset]:
     number = extra.pop("SeriesNumber", 1)
     return series_to_datasets(
         _hu((n, 4, 4)), (dz, 0.7, 0.8), study_instance_uid=study,
-        extra={"SliceThickness": dicom._ds(dz), "SeriesNumber": number, **extra},  # type: ignore[dict-item]
+        extra={"SliceThickness": decimal_string(dz), "SeriesNumber": number, **extra},  # type: ignore[dict-item]
     )
 
 
 def test_kernel_class() -> None:
     soft = ["B30f", "Br40d", "I31f", "STANDARD", "SOFT", "FC13", "FC03", "B", "YB", "Qr40"]
     sharp = ["B70f", "Bl64", "LUNG", "BONE", "BONEPLUS", "FC51", "FC86", "FL04", "L", "YD", "EDGE"]
-    assert [dicom.kernel_class(k) for k in soft] == ["soft"] * len(soft)
-    assert [dicom.kernel_class(k) for k in sharp] == ["sharp"] * len(sharp)
-    assert dicom.kernel_class("B50f") == "medium" and dicom.kernel_class("DETAIL") == "medium"
-    assert dicom.kernel_class("") == "unknown" and dicom.kernel_class("XYZ") == "unknown"
-    assert dicom.kernel_class("Br40\\3") == "soft"  # Siemens' second value is the strength
+    assert [kernel_class(k) for k in soft] == ["soft"] * len(soft)
+    assert [kernel_class(k) for k in sharp] == ["sharp"] * len(sharp)
+    assert kernel_class("B50f") == "medium" and kernel_class("DETAIL") == "medium"
+    assert kernel_class("") == "unknown" and kernel_class("XYZ") == "unknown"
+    assert kernel_class("Br40\\3") == "soft"  # Siemens' second value is the strength
 
 
 def test_choose_prefers_full_coverage_then_thin_then_soft_kernel() -> None:
@@ -494,7 +482,7 @@ def test_choose_prefers_full_coverage_then_thin_then_soft_kernel() -> None:
     coronal = series_to_datasets(_hu((400, 4, 4)), (1.0, 0.7, 0.8), study_instance_uid=study,
                                  orientation=(1, 0, 0, 0, 0, -1))
     groups = group_series([*thin_lung, *thin_soft, *thick_soft, *short_thin, *coronal])
-    choice = dicom.choose(groups)
+    choice = choose(groups)
     assert choice.series.series_instance_uid == thin_soft[0].SeriesInstanceUID
     assert choice_series_is(choice, groups)
     by_index = {c["index"]: c for c in choice.candidates}
@@ -507,10 +495,10 @@ def test_choose_prefers_full_coverage_then_thin_then_soft_kernel() -> None:
 
     # Without the thin soft stack, the thin sharp one beats the thick soft one (thin first).
     groups = group_series([*thin_lung, *thick_soft, *short_thin])
-    assert dicom.choose_series(groups).series_instance_uid == thin_lung[0].SeriesInstanceUID
+    assert choose_series(groups).series_instance_uid == thin_lung[0].SeriesInstanceUID
 
 
-def choice_series_is(choice: dicom.Choice, groups: list[Series]) -> bool:
+def choice_series_is(choice: Choice, groups: list[Series]) -> bool:
     return groups[choice.index] is choice.series and choice.candidates[choice.index]["chosen"]
 
 
@@ -520,7 +508,7 @@ def test_short_scan_uses_relative_coverage() -> None:
     a = _stack(61, 2.5, study, ConvolutionKernel="B70f", SeriesNumber=1)  # 150 mm, sharp
     b = _stack(141, 1.0, study, ConvolutionKernel="B30f", SeriesNumber=2)  # 140 mm, soft: >= 135
     c = _stack(101, 0.5, study, ConvolutionKernel="B30f", SeriesNumber=3)  # 50 mm
-    choice = dicom.choose(group_series([*a, *b, *c]))
+    choice = choose(group_series([*a, *b, *c]))
     assert choice.series.series_instance_uid == b[0].SeriesInstanceUID
     assert [cand["full_coverage"] for cand in choice.candidates] == [True, True, False]
 
@@ -534,7 +522,7 @@ def test_choice_record_has_no_phi_and_lists_exclusions() -> None:
     two = _series(2, study_instance_uid=study)
     mr = _series(5, study_instance_uid=study, modality="MR")
     groups = group_series(_roundtrip([*axial, *scout, *two, *mr]))
-    choice = dicom.choose(groups)
+    choice = choose(groups)
     record = choice.as_dict()
     text = repr(record)
     for phi in ("Doe", "4711", "20240102", study, axial[0].SeriesInstanceUID, "CHEST"):
@@ -548,7 +536,7 @@ def test_choice_record_has_no_phi_and_lists_exclusions() -> None:
     import json
 
     json.dumps(record)  # plain types only
-    assert dicom.explain_choice(groups, choice.series) == record
+    assert explain_choice(groups, choice.series) == record
 
 
 def test_choose_falls_back_when_the_best_stack_misses_a_slice() -> None:
@@ -557,15 +545,15 @@ def test_choose_falls_back_when_the_best_stack_misses_a_slice() -> None:
     del best[100]  # a slice lost in transfer
     backup = _stack(41, 5.0, study, ConvolutionKernel="B30f", SeriesNumber=2)
     groups = group_series([*best, *backup])
-    choice = dicom.choose(groups)
+    choice = choose(groups)
     assert choice.series.series_instance_uid == backup[0].SeriesInstanceUID
     failed = next(c for c in choice.candidates if c["slices"] == 200)
-    assert failed["excluded_because"] == INCONSISTENT_SPACING and failed["rank"] is None
+    assert failed["excluded_because"] == Reason.INCONSISTENT_SPACING and failed["rank"] is None
     assert "failed (inconsistent_spacing)" in choice.reason
     # Only the broken stack: its own geometry reason, not a generic one.
     with pytest.raises(BadInput) as exc:
         choose_series(group_series(best))
-    assert _reason(exc) == INCONSISTENT_SPACING
+    assert _reason(exc) == Reason.INCONSISTENT_SPACING
 
 
 def test_volume_for_upload_falls_back_when_pixels_do_not_decode() -> None:
@@ -578,7 +566,7 @@ def test_volume_for_upload_falls_back_when_pixels_do_not_decode() -> None:
     broken = best[50]
     broken.file_meta.TransferSyntaxUID = RLELossless
     broken.PixelData = encapsulate([b"\x01\x00\x00\x00" + (64).to_bytes(4, "little") + b"\x00" * 56 + b"\xff" * 8])
-    volume, choice = dicom.volume_for_upload(group_series([*best, *backup]))
+    volume, choice = volume_for_upload(group_series([*best, *backup]))
     assert volume.shape[0] == 41 and choice.series.n_slices == 41
     failed = next(c for c in choice.candidates if c["slices"] == 201)
     assert failed["excluded_because"] == Reason.UNSUPPORTED_PIXEL_DATA
@@ -589,7 +577,7 @@ def test_volume_for_upload_falls_back_when_pixels_do_not_decode() -> None:
 def test_volume_for_upload_matches_choose_on_good_data() -> None:
     study = "1.2.3.15"
     a = _stack(9, 2.0, study, SeriesNumber=1)
-    volume, choice = dicom.volume_for_upload(group_series(_roundtrip(a)))
+    volume, choice = volume_for_upload(group_series(_roundtrip(a)))
     assert choice.index == 0 and volume.shape == (9, 4, 4)
 
 
@@ -600,24 +588,12 @@ def test_synthetic_400_slice_timing(tmp_path: Path) -> None:
     datasets = series_to_datasets(np.repeat(plane[None], 400, axis=0), (0.8, 0.7, 0.7))
     blobs = [dataset_to_bytes(ds) for ds in datasets]
     del datasets
-
-    def median_time(fn: object, repeat: int = 3) -> float:
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            fn()  # type: ignore[operator]
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
     loaded = [read_dataset(b) for b in blobs]
     volume_from_series(loaded)  # warm-up
-    t_dcmread = median_time(lambda: [pydicom.dcmread(io.BytesIO(b)) for b in blobs])
-    t_read = median_time(lambda: [read_dataset(b) for b in blobs])
-    t_volume = median_time(lambda: volume_from_series(loaded))
-    t_naive = median_time(
-        lambda: np.stack([ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-                          for ds in [pydicom.dcmread(io.BytesIO(b)) for b in blobs]])
-    )
+    t_dcmread = median_time(lambda: [pydicom.dcmread(io.BytesIO(b)) for b in blobs], 3)
+    t_read = median_time(lambda: [read_dataset(b) for b in blobs], 3)
+    t_volume = median_time(lambda: volume_from_series(loaded), 3)
+    t_naive = median_time(lambda: _naive_hu(blobs), 3)
     print(
         f"\n[synthetic 400 x 512 x 512] dcmread {t_dcmread:.3f} s | read_dataset {t_read:.3f} s "
         f"(x{t_read / t_dcmread:.2f}) | volume_from_series {t_volume:.3f} s (x{t_volume / t_dcmread:.2f} of dcmread) | "

@@ -11,10 +11,11 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
-from ctfleet.intake import pixels
-from ctfleet.intake.dicom import dataset_to_bytes, read_dataset, series_to_datasets
-from ctfleet.errors import BadInput
+from ctfleet.contracts import Reason
 from ctfleet.dev.phantom import chest_phantom
+from ctfleet.dev.synthetic import series_to_datasets
+from ctfleet.errors import BadInput
+from ctfleet.intake import dataset_to_bytes, pixels, read_dataset
 
 PHI_TEXT = "SMITH^JOHN 1970-01-01"
 
@@ -60,15 +61,15 @@ def test_phantom_series_passes() -> None:
 @pytest.mark.parametrize(
     "extra, reason",
     [
-        ({"BurnedInAnnotation": "YES"}, pixels.BURNED_IN_ANNOTATION),
-        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"}, pixels.SECONDARY_CAPTURE),
-        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7.2"}, pixels.SECONDARY_CAPTURE),
-        ({"ConversionType": "WSD"}, pixels.SECONDARY_CAPTURE),
-        ({"ImageType": ["DERIVED", "SECONDARY"]}, pixels.DERIVED_IMAGE),
-        ({"ImageType": ["DERIVED", "SECONDARY", "SCREEN SAVE"]}, pixels.DERIVED_IMAGE),
-        ({"ImageType": ["ORIGINAL", "PRIMARY", "SCREEN SAVE"]}, pixels.DERIVED_IMAGE),
-        ({"ImageType": ["DERIVED", "SECONDARY", "VOLUME RENDERING"]}, pixels.DERIVED_IMAGE),
-        ({"Modality": "MR"}, pixels.NOT_CT),
+        ({"BurnedInAnnotation": "YES"}, Reason.BURNED_IN_ANNOTATION),
+        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"}, Reason.SECONDARY_CAPTURE),
+        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7.2"}, Reason.SECONDARY_CAPTURE),
+        ({"ConversionType": "WSD"}, Reason.SECONDARY_CAPTURE),
+        ({"ImageType": ["DERIVED", "SECONDARY"]}, Reason.DERIVED_IMAGE),
+        ({"ImageType": ["DERIVED", "SECONDARY", "SCREEN SAVE"]}, Reason.DERIVED_IMAGE),
+        ({"ImageType": ["ORIGINAL", "PRIMARY", "SCREEN SAVE"]}, Reason.DERIVED_IMAGE),
+        ({"ImageType": ["DERIVED", "SECONDARY", "VOLUME RENDERING"]}, Reason.DERIVED_IMAGE),
+        ({"Modality": "MR"}, Reason.NOT_CT),
     ],
 )
 def test_header_rules_reject(extra: dict[str, object], reason: str) -> None:
@@ -99,7 +100,7 @@ def test_one_bad_slice_rejects_the_series_and_the_message_names_no_value() -> No
     datasets[4].PatientName = "Secret^Name"
     with pytest.raises(BadInput) as err:
         pixels.check_series(datasets)
-    assert err.value.reason == pixels.BURNED_IN_ANNOTATION
+    assert err.value.reason == Reason.BURNED_IN_ANNOTATION
     assert "slice 4" in str(err.value) and "Secret" not in str(err.value)
 
 
@@ -139,7 +140,7 @@ def test_series_with_text_on_one_sampled_slice_is_rejected() -> None:
     _with_slice(datasets, last, _draw(_phantom_hu()[last], PHI_TEXT, (4, 4)))
     with pytest.raises(BadInput) as err:
         pixels.check_series(datasets, pixel_slices=2)  # first and last
-    assert err.value.reason == pixels.BURNED_IN_TEXT
+    assert err.value.reason == Reason.BURNED_IN_TEXT
     assert "SMITH" not in str(err.value)
 
 
@@ -176,7 +177,7 @@ def test_undecodable_pixels_are_rejected() -> None:
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"  # claims JPEG baseline, holds raw bytes
     with pytest.raises(BadInput) as err:
         pixels.check_pixels(ds)
-    assert err.value.reason == pixels.UNSUPPORTED_PIXEL_DATA
+    assert err.value.reason == Reason.UNSUPPORTED_PIXEL_DATA
 
 
 def test_sample_indices() -> None:

@@ -50,18 +50,12 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from ctfleet.intake import dicom
 from ctfleet.contracts import Reason
-from ctfleet.intake.dicom import (
-    TRANSFER_SYNTAXES,
-    UNSUPPORTED_TRANSFER_SYNTAX,
-    dataset_to_bytes,
-    group_series,
-    read_dataset,
-    series_to_datasets,
-    volume_from_series,
-)
+from ctfleet.dev.synthetic import series_to_datasets
 from ctfleet.errors import BadInput
+from ctfleet.intake import choose, dataset_to_bytes, group_series, read_dataset, syntaxes, volume_from_series
+from ctfleet.intake.syntaxes import LOSSY_TRANSFER_SYNTAXES, TRANSFER_SYNTAXES, supported_transfer_syntaxes
+from ctfleet.intake.volume import PADDING_HU
 
 SPACING = (2.0, 0.7, 0.8)
 
@@ -176,7 +170,7 @@ def test_jpeg_2000_lossy_is_close_and_equals_openjpeg() -> None:
     err = np.abs(volume.hu - hu)
     assert 0 < np.sqrt(np.mean(err**2)) < 8  # lossy, but close (noise SD in the phantom is 12 HU)
     assert np.abs(np.median(volume.hu[hu == hu]) - np.median(hu)) < 2
-    assert dicom.choose(group_series(loaded)).candidates[0]["lossy"] is True
+    assert choose(group_series(loaded)).candidates[0]["lossy"] is True
     import openjpeg
 
     frame = next(generate_frames(loaded[0].PixelData, number_of_frames=1))
@@ -187,7 +181,7 @@ def test_jpeg_2000_lossy_is_close_and_equals_openjpeg() -> None:
 def test_htj2k_syntaxes_decode_with_openjpeg() -> None:
     """No installed package encodes HTJ2K; a Part 1 codestream (which every HTJ2K decoder reads)
     under the HTJ2K UIDs checks the plumbing: syntax accepted, frame decoded, HU identical."""
-    if HTJ2KLossless not in dicom.supported_transfer_syntaxes():
+    if HTJ2KLossless not in supported_transfer_syntaxes():
         pytest.skip("no HTJ2K decoder installed")
     hu = _phantom(seed=3)
     for syntax in (HTJ2KLossless, HTJ2K):
@@ -340,7 +334,7 @@ def _encapsulated(hu: np.ndarray, syntax: UID, encode, *, bits_stored: int, sign
         ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
         ds.PixelData = encapsulate([encode(stored[k])])
         ds["PixelData"].VR = "OB"
-        if syntax in dicom.LOSSY_TRANSFER_SYNTAXES:
+        if syntax in LOSSY_TRANSFER_SYNTAXES:
             ds.LossyImageCompression = "01"
     return datasets, stored
 
@@ -440,7 +434,7 @@ def test_pydicom_compressed_files_decode_like_pydicom(name: str) -> None:
         expected = pydicom.dcmread(io.BytesIO(_testdata(name))).pixel_array.astype(np.float32)
     expected = expected * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
     if "PixelPaddingValue" in ds:  # 693_J2KI: padding -2000 (stored) = -3024 HU, smeared by the lossy codec
-        expected[expected < -1024] = dicom.PADDING_HU
+        expected[expected < -1024] = PADDING_HU
     np.testing.assert_array_equal(volume.hu[0], expected)
 
 
@@ -449,7 +443,7 @@ def test_j2k_with_padding_outside_the_scan_circle_becomes_air() -> None:
     assert int(ds.PixelPaddingValue) == -2000
     hu = volume_from_series([ds]).hu
     assert hu.min() >= -1024 - 1  # no -3024 HU rim left
-    assert np.count_nonzero(hu == dicom.PADDING_HU) > 0.1 * hu.size  # the corners of a 512 x 512 slice
+    assert np.count_nonzero(hu == PADDING_HU) > 0.1 * hu.size  # the corners of a 512 x 512 slice
 
 
 # -- padding ------------------------------------------------------------------------------
@@ -463,7 +457,7 @@ def test_pixel_padding_value_and_range(syntax: UID) -> None:
     datasets = series_to_datasets(hu, SPACING, transfer_syntax=syntax,
                                   extra={"PixelPaddingValue": 3071 + 1024, "PixelPaddingRangeLimit": 3071 + 1024 - 5})
     volume, _, _ = _read_volume(datasets)
-    assert np.all(volume.hu[:, :2, :] == dicom.PADDING_HU)
+    assert np.all(volume.hu[:, :2, :] == PADDING_HU)
     inside = volume.hu[:, 2:, :]
     np.testing.assert_array_equal(inside[inside > -1500], hu[:, 2:, :][inside > -1500])
 
@@ -482,7 +476,7 @@ def test_padding_value_read_with_the_other_vr_is_reinterpreted() -> None:
     for ds in datasets:
         ds.add_new(0x00280120, "US", 63536)  # -2000 as an unsigned 16-bit pattern
     volume, _, _ = _read_volume(datasets)
-    assert np.all(volume.hu[:, 0, 0] == dicom.PADDING_HU)
+    assert np.all(volume.hu[:, 0, 0] == PADDING_HU)
     assert np.all(volume.hu[:, 1:, :] == 0.0)
 
 
@@ -512,27 +506,27 @@ def _with_syntax(syntax: str) -> bytes:
 def test_unsupported_transfer_syntax(syntax: str) -> None:
     with pytest.raises(BadInput) as exc:
         read_dataset(_with_syntax(syntax), "clip.dcm")
-    assert exc.value.reason == UNSUPPORTED_TRANSFER_SYNTAX == "unsupported_transfer_syntax"
+    assert exc.value.reason == Reason.UNSUPPORTED_TRANSFER_SYNTAX == "unsupported_transfer_syntax"
     assert "clip.dcm" in str(exc.value) and "Doe" not in str(exc.value)
     assert syntax not in str(exc.value)  # never a UID from the file
     assert exc.value.__cause__ is None
 
 
 def test_the_constant_matches_the_contract() -> None:
-    assert UNSUPPORTED_TRANSFER_SYNTAX == getattr(Reason, "UNSUPPORTED_TRANSFER_SYNTAX", UNSUPPORTED_TRANSFER_SYNTAX)
+    assert Reason.UNSUPPORTED_TRANSFER_SYNTAX == "unsupported_transfer_syntax"  # clients match on the string
 
 
 def test_missing_decoder_is_unsupported_transfer_syntax(monkeypatch: pytest.MonkeyPatch) -> None:
     data = dataset_to_bytes(series_to_datasets(_phantom((1, 64, 64)), SPACING, transfer_syntax=JPEG2000Lossless)[0])
-    monkeypatch.setattr(dicom, "_decoder_available", lambda syntax: syntax != JPEG2000Lossless)
+    monkeypatch.setattr(syntaxes, "decoder_available", lambda syntax: syntax != JPEG2000Lossless)
     with pytest.raises(BadInput) as exc:
         read_dataset(data, "x.dcm")
-    assert exc.value.reason == UNSUPPORTED_TRANSFER_SYNTAX and "no decoder" in str(exc.value)
+    assert exc.value.reason == Reason.UNSUPPORTED_TRANSFER_SYNTAX and "no decoder" in str(exc.value)
 
 
 def test_every_listed_syntax_is_supported_here() -> None:
     # The pinned environment has every decoder; a missing plugin shows up here first.
-    assert dicom.supported_transfer_syntaxes() == frozenset(TRANSFER_SYNTAXES)
+    assert supported_transfer_syntaxes() == frozenset(TRANSFER_SYNTAXES)
 
 
 COMPRESSED = [RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1]
