@@ -1,6 +1,10 @@
-"""Lambda handlers: ingest, api, triage. Each is a function of (event, deps).
+"""Lambda handlers: api, ingest, triage, sweeper. Each is ``handle(event, deps)``.
 
-The ``lambda_handler`` entry points build their dependencies once per cold
-start from the environment; tests and the local stack call ``handle`` directly
-with dependencies they built themselves.
+Each handler is a thin sequence of pure steps and repository calls over
+:class:`.deps.HandlerDeps`; its ``lambda_handler`` is ``handle(event, runtime.deps())``,
+built once per cold start. Tests and the local stack call ``handle`` with
+dependencies they built themselves.
+
+May import: the kernel (``ctfleet.contracts``, ``ctfleet.intake``, ``ctfleet.aws``,
+settings, errors, logs). No handler imports another handler, and none imports torch.
 """

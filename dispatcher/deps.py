@@ -1,26 +1,49 @@
-"""What every handler is given: the clients of one stack, and the tables built from them."""
+"""What every handler is given: the adapters of one stack, built once from its clients."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ctfleet.aws.alerts import Alerts
 from ctfleet.aws.clients import Clients
-from ctfleet.aws.records import Table, studies_table, uploads_table
+from ctfleet.aws.objects import Objects
+from ctfleet.aws.queues import Queue
+from ctfleet.aws.records import Table
+from ctfleet.aws.repositories import Studies, Uploads
+from ctfleet.aws.secrets import FacilitySecrets
 from ctfleet.settings import Settings
 
 
 @dataclass
 class HandlerDeps:
+    """The repositories, buckets, queues and secrets a handler works with.
+
+    Building it calls nothing: clients connect, and queue URLs and the topic
+    ARN are looked up, on first use. One instance serves every invocation of
+    a warm function.
+    """
+
     clients: Clients
+    settings: Settings = field(init=False)
+    uploads: Uploads = field(init=False)
+    studies: Studies = field(init=False)
+    raw: Objects = field(init=False)
+    studies_objects: Objects = field(init=False)
+    results: Objects = field(init=False)
+    secrets: FacilitySecrets = field(init=False)
+    alerts: Alerts = field(init=False)
 
-    @property
-    def settings(self) -> Settings:
-        return self.clients.settings
+    def __post_init__(self) -> None:
+        c = self.clients
+        s = self.settings = c.settings
+        self.uploads = Uploads(Table(c.dynamodb, s.uploads_table))
+        self.studies = Studies(Table(c.dynamodb, s.studies_table))
+        self.raw = Objects(c.s3, s.raw_bucket)
+        self.studies_objects = Objects(c.s3, s.studies_bucket)
+        self.results = Objects(c.s3, s.results_bucket)
+        self.secrets = FacilitySecrets(c.secrets, s.facility_secret_name)
+        self.alerts = Alerts(self.studies, c.sns, lambda: c.topic_arn(s.alerts_topic), s.api_url)
 
-    @property
-    def uploads(self) -> Table:
-        return uploads_table(self.clients)
-
-    @property
-    def studies(self) -> Table:
-        return studies_table(self.clients)
+    def queue(self, name: str) -> Queue:
+        """The queue called ``name`` (its URL looked up once per process)."""
+        return Queue(self.clients.sqs, self.clients.queue_url(name), name)

@@ -1,4 +1,8 @@
-"""Cold-start wiring for the Lambda entry points: settings and clients, built once."""
+"""Cold-start wiring for the Lambda entry points: settings, clients and adapters, built once.
+
+Every handler module's ``lambda_handler`` is ``handle(event, deps())``: the
+first invocation of a cold function builds the dependencies, the warm ones reuse them.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,13 @@ from ctfleet.aws.clients import Clients
 from ctfleet.logs import configure_logging
 from ctfleet.settings import Settings
 
+from .deps import HandlerDeps
+
 
 @functools.cache
-def clients() -> Clients:
+def deps() -> HandlerDeps:
+    """The process's handler dependencies, from the environment (once per cold start)."""
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     logging.getLogger(__name__).info("cold start", extra={"stack": settings.stack})
-    return Clients(settings)
+    return HandlerDeps(Clients(settings))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+
+from ctfleet.aws.queues import Queue
+from ctfleet.errors import CtfleetError
 
 log = logging.getLogger(__name__)
 
@@ -14,12 +16,18 @@ class Heartbeat:
 
     Use as a context manager around the work. ``handback()`` makes the message
     visible again at once (spot notice): another worker picks it up.
+
+    Raises
+    ------
+    ValueError
+        When ``interval_s`` is more than half the visibility timeout (a late
+        beat would let the message reappear while the work still runs).
     """
 
-    def __init__(self, sqs: Any, queue_url: str, receipt: str, *, interval_s: float, visibility_s: int) -> None:
+    def __init__(self, queue: Queue, receipt: str, *, interval_s: float, visibility_s: int) -> None:
         if interval_s * 2 > visibility_s:
             raise ValueError(f"heartbeat every {interval_s}s is too slow for a {visibility_s}s visibility timeout")
-        self._sqs, self._url, self._receipt = sqs, queue_url, receipt
+        self._queue, self._receipt = queue, receipt
         self._interval, self._visibility = interval_s, visibility_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
@@ -38,17 +46,16 @@ class Heartbeat:
             if self.handed_back.is_set():
                 return
             try:
-                self._sqs.change_message_visibility(
-                    QueueUrl=self._url, ReceiptHandle=self._receipt, VisibilityTimeout=self._visibility
-                )
-            except Exception:  # noqa: BLE001 - a missed beat is retried on the next tick
-                log.warning("visibility extension failed", exc_info=True)
+                self._queue.set_visibility(self._receipt, self._visibility)
+            except CtfleetError:
+                log.warning("visibility extension failed; retrying on the next beat", exc_info=True)
 
     def handback(self) -> None:
+        """Make the message visible to other workers now (once)."""
         if self.handed_back.is_set():
             return
         self.handed_back.set()
         try:
-            self._sqs.change_message_visibility(QueueUrl=self._url, ReceiptHandle=self._receipt, VisibilityTimeout=0)
-        except Exception:  # noqa: BLE001 - the visibility timeout returns it anyway
+            self._queue.set_visibility(self._receipt, 0)
+        except CtfleetError:
             log.warning("hand-back failed; the message returns when its visibility expires", exc_info=True)

@@ -4,7 +4,7 @@
 
 * ``"default"`` or any name registered with :func:`model.registry.register`;
 * a local path: a weights file with ``model.json`` beside it, a ``model.json``,
-  or a folder holding one (see :mod:`model.scripted`);
+  or a folder holding one (see :mod:`model.exported`);
 * ``s3://bucket/key``: ``key`` is a weights file (``model.json`` beside it), a
   ``model.json``, or a folder prefix (``.../`` holding ``model.json``). Both
   files are downloaded with the given boto3 client into
@@ -21,48 +21,63 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from model.registry import Analyzer, ModelError, available, get
-from model.scripted import CONFIG_NAME, WEIGHT_SUFFIXES, parse_config
+from model.exported.config import CONFIG_NAME, WEIGHT_SUFFIXES, parse_config
 
-from ctfleet.errors import Transient
+from ctfleet.contracts import Reason
+from ctfleet.errors import Fault, NotFound, Transient
+
+from .failures import sorted_errors
 
 __all__ = ["resolve", "download_s3_model"]
 
-_MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+
+@dataclass(frozen=True)
+class _S3Model:
+    """Where a model's two files are in S3 (the weights key may still be unknown)."""
+
+    bucket: str
+    prefix: str
+    config_key: str
+    weights_key: str | None
+
+    @classmethod
+    def parse(cls, uri: str) -> "_S3Model":
+        bucket, key = _split_s3(uri)
+        prefix = key if key.endswith("/") else (key.rsplit("/", 1)[0] + "/" if "/" in key else "")
+        weights_key = None if key.endswith(("/", ".json")) else key
+        return cls(bucket, prefix, key if key.endswith(".json") else prefix + CONFIG_NAME, weights_key)
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
     rest = uri[len("s3://") :]
     bucket, _, key = rest.partition("/")
     if not bucket or not key:
-        raise ModelError("bad_model_uri", f"expected s3://bucket/key, got {uri!r}")
+        raise ModelError(Reason.BAD_MODEL_URI, f"expected s3://bucket/key, got {uri!r}")
     return bucket, key
 
 
 def _call(fn: Any, what: str, **kwargs: Any) -> Any:
-    from botocore.exceptions import BotoCoreError, ClientError
-
+    """One S3 call; a missing or forbidden model is the model's error, the rest the error tree's."""
     try:
-        return fn(**kwargs)
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in _MISSING:
-            raise ModelError("model_not_found", f"{what} not found in S3 ({code})") from exc
-        if code in ("AccessDenied", "403", "Forbidden"):
-            raise ModelError("model_access_denied", f"{what}: access denied") from exc
-        raise Transient("s3_error", f"{what}: {code}") from exc
-    except BotoCoreError as exc:
-        raise Transient("s3_error", f"{what}: {type(exc).__name__}") from exc
-
-
-def _etag(s3_client: Any, bucket: str, key: str) -> str:
-    head = _call(s3_client.head_object, f"s3://{bucket}/{key}", Bucket=bucket, Key=key)
-    return str(head.get("ETag", "")).strip('"')
+        with sorted_errors("s3:model"):
+            return fn(**kwargs)
+    except NotFound as exc:
+        raise ModelError(Reason.MODEL_NOT_FOUND, f"{what} not found in S3 ({exc.detail})") from exc
+    except Fault as exc:
+        if exc.detail.endswith(("AccessDenied", "403", "Forbidden")):
+            raise ModelError(Reason.MODEL_ACCESS_DENIED, f"{what}: access denied") from exc
+        raise Transient(Reason.SERVICE_ERROR, f"{what}: {exc.detail}") from exc
 
 
 def download_s3_model(uri: str, *, s3_client: Any, cache_dir: str | os.PathLike[str]) -> Path:
@@ -92,46 +107,53 @@ def download_s3_model(uri: str, *, s3_client: Any, cache_dir: str | os.PathLike[
     Transient
         Other S3 errors (worth retrying).
     """
-    bucket, key = _split_s3(uri)
-    if key.endswith("/"):
-        prefix, weights_key = key, None
-    elif key.endswith(".json"):
-        prefix, weights_key = key.rsplit("/", 1)[0] + "/" if "/" in key else "", None
-    else:
-        prefix, weights_key = (key.rsplit("/", 1)[0] + "/" if "/" in key else ""), key
-    config_key = key if key.endswith(".json") else prefix + CONFIG_NAME
-
-    body = _call(s3_client.get_object, f"s3://{bucket}/{config_key}", Bucket=bucket, Key=config_key)
+    where = _S3Model.parse(uri)
+    body = _call(s3_client.get_object, where.url(where.config_key), Bucket=where.bucket, Key=where.config_key)
     config_bytes = body["Body"].read()
     config_etag = str(body.get("ETag", "")).strip('"')
+    weights_key = _weights_key(s3_client, where, config_bytes)
+    head = _call(s3_client.head_object, where.url(weights_key), Bucket=where.bucket, Key=weights_key)
+    weights_etag = str(head.get("ETag", "")).strip('"')
+    weights_name = weights_key.rsplit("/", 1)[-1]
+    parts = [where.bucket, where.config_key, config_etag, weights_key, weights_etag]
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+    entry = Path(cache_dir).expanduser() / digest
+    if not ((entry / CONFIG_NAME).is_file() and (entry / weights_name).is_file()):
+        _fill(entry, config_bytes, weights_name,
+              lambda: _call(s3_client.get_object, where.url(weights_key), Bucket=where.bucket, Key=weights_key))
+    return entry
+
+
+def _weights_key(s3_client: Any, where: _S3Model, config_bytes: bytes) -> str:
+    """The weights object: the one ``model.json`` names, the one given, or the only one beside it."""
     try:
         cfg = parse_config(json.loads(config_bytes.decode("utf-8")))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError("bad_model_config", f"{config_key}: not JSON: {exc}") from exc
+        raise ModelError(Reason.BAD_MODEL_CONFIG, f"{where.config_key}: not JSON: {exc}") from exc
     if cfg.weights is not None:
-        declared = prefix + cfg.weights
-        if weights_key is not None and weights_key != declared:
-            raise ModelError("bad_model_config", f"{CONFIG_NAME} names weights {cfg.weights!r}, not {weights_key.rsplit('/', 1)[-1]!r}")
-        weights_key = declared
-    if weights_key is None:
-        listing = _call(s3_client.list_objects_v2, f"s3://{bucket}/{prefix}", Bucket=bucket, Prefix=prefix, Delimiter="/")
-        found = [o["Key"] for o in listing.get("Contents", []) if os.path.splitext(o["Key"])[1] in WEIGHT_SUFFIXES]
-        if len(found) != 1:
-            raise ModelError("bad_model_config", f"{len(found)} weight files under s3://{bucket}/{prefix}; name one in {CONFIG_NAME}")
-        weights_key = found[0]
-    weights_etag = _etag(s3_client, bucket, weights_key)
-    weights_name = weights_key.rsplit("/", 1)[-1]
+        declared = where.prefix + cfg.weights
+        if where.weights_key is not None and where.weights_key != declared:
+            given = where.weights_key.rsplit("/", 1)[-1]
+            raise ModelError(Reason.BAD_MODEL_CONFIG, f"{CONFIG_NAME} names weights {cfg.weights!r}, not {given!r}")
+        return declared
+    if where.weights_key is not None:
+        return where.weights_key
+    listing = _call(s3_client.list_objects_v2, where.url(where.prefix), Bucket=where.bucket, Prefix=where.prefix,
+                    Delimiter="/")
+    found = [o["Key"] for o in listing.get("Contents", []) if os.path.splitext(o["Key"])[1] in WEIGHT_SUFFIXES]
+    if len(found) != 1:
+        raise ModelError(Reason.BAD_MODEL_CONFIG,
+                         f"{len(found)} weight files under {where.url(where.prefix)}; name one in {CONFIG_NAME}")
+    return str(found[0])
 
-    digest = hashlib.sha256("\n".join([bucket, config_key, config_etag, weights_key, weights_etag]).encode()).hexdigest()[:24]
-    root = Path(cache_dir).expanduser()
-    entry = root / digest
-    if (entry / CONFIG_NAME).is_file() and (entry / weights_name).is_file():
-        return entry
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.tmp-", dir=root))
+
+def _fill(entry: Path, config_bytes: bytes, weights_name: str, get_weights: Any) -> None:
+    """Write the cache entry in a temporary sibling, then move it in whole."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.tmp-", dir=entry.parent))
     try:
         (tmp / CONFIG_NAME).write_bytes(config_bytes)
-        obj = _call(s3_client.get_object, f"s3://{bucket}/{weights_key}", Bucket=bucket, Key=weights_key)
+        obj = get_weights()
         with open(tmp / weights_name, "wb") as fh:
             for chunk in iter(lambda: obj["Body"].read(1 << 20), b""):
                 fh.write(chunk)
@@ -142,7 +164,6 @@ def download_s3_model(uri: str, *, s3_client: Any, cache_dir: str | os.PathLike[
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return entry
 
 
 def resolve(
@@ -180,7 +201,7 @@ def resolve(
     """
     if name_or_uri.startswith("s3://"):
         if s3_client is None:
-            raise ModelError("bad_model_uri", "an s3:// model needs an S3 client")
+            raise ModelError(Reason.BAD_MODEL_URI, "an s3:// model needs an S3 client")
         return get(download_s3_model(name_or_uri, s3_client=s3_client, cache_dir=cache_dir), device)
     if name_or_uri in available():
         return get(name_or_uri, device)

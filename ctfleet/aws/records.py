@@ -1,6 +1,7 @@
-"""Study and upload records in DynamoDB: every state change is a conditional write.
+"""Records in DynamoDB: values to and from DynamoDB's types, and a thin table adapter.
 
-The records hold no PHI: study keys are HMACs, reasons are codes.
+The records hold no PHI: study keys are HMACs, reasons are codes. Which writes
+are allowed in which state is the repositories' business (:mod:`.repositories`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import ClientError
 
-from ctfleet.aws.clients import Clients, error_code, is_transient
-from ctfleet.contracts import Status
-from ctfleet.errors import Transient
+from ctfleet.settings import TableSpec
+
+from .failures import sorted_errors
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
@@ -50,28 +50,33 @@ def deserialize(image: dict[str, Any]) -> dict[str, Any]:
     return {k: _from_dynamo(_de.deserialize(v)) for k, v in image.items()}
 
 
-class ConditionFailed(Exception):
-    """A conditional write found the record in another state."""
-
-
 class Table:
-    """A thin adapter over one DynamoDB table with a string partition key."""
+    """A thin adapter over one DynamoDB table with a string partition key.
 
-    def __init__(self, clients: Clients, name: str, key: str) -> None:
-        self._db = clients.dynamodb
-        self.name = name
-        self.key = key
+    Only the repositories (:mod:`ctfleet.aws.repositories`) write conditions;
+    a lost condition raises :class:`~ctfleet.errors.Conflict`.
+
+    Parameters
+    ----------
+    dynamodb : boto3 DynamoDB client
+    spec : TableSpec
+        The table's name, key and indexes (from :mod:`ctfleet.settings`).
+    """
+
+    def __init__(self, dynamodb: Any, spec: TableSpec) -> None:
+        self._db = dynamodb
+        self.spec = spec
+        self.name = spec.name
+        self.key = spec.partition_key
 
     def get(self, key_value: str, *, consistent: bool = True) -> dict[str, Any] | None:
-        try:
+        with sorted_errors(f"dynamodb:{self.name}"):
             out = self._db.get_item(TableName=self.name, Key={self.key: {"S": key_value}}, ConsistentRead=consistent)
-        except ClientError as exc:
-            raise Transient("dynamodb", error_code(exc)) from exc
         item = out.get("Item")
         return deserialize(item) if item else None
 
     def put_new(self, item: dict[str, Any]) -> None:
-        """Create the item; ConditionFailed if it exists already."""
+        """Create the item; :class:`~ctfleet.errors.Conflict` if it exists already."""
         self._write(
             lambda: self._db.put_item(
                 TableName=self.name,
@@ -136,7 +141,7 @@ class Table:
         }
         if condition:
             # Attributes in the condition are written as #name and mean themselves.
-            names.update({f"#{token}": token for token in _names_in(condition)})
+            names.update({f"#{token}": token for token in names_in(condition)})
             kwargs["ConditionExpression"] = condition
         if names:
             kwargs["ExpressionAttributeNames"] = names
@@ -163,56 +168,41 @@ class Table:
             "ExpressionAttributeNames": names, "ExpressionAttributeValues": values, "ScanIndexForward": False,
         }
         items: list[dict[str, Any]] = []
-        try:
+        with sorted_errors(f"dynamodb:{self.name}"):
             while len(items) < limit:
                 out = self._db.query(**kwargs, Limit=limit - len(items))
                 items.extend(deserialize(i) for i in out.get("Items", []))
                 if "LastEvaluatedKey" not in out:
                     break
                 kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
-        except ClientError as exc:
-            raise Transient("dynamodb", error_code(exc)) from exc
         return items
 
     def scan(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {"TableName": self.name}
         while True:
-            out = self._db.scan(**kwargs)
+            with sorted_errors(f"dynamodb:{self.name}"):
+                out = self._db.scan(**kwargs)
             items.extend(deserialize(i) for i in out.get("Items", []))
             if "LastEvaluatedKey" not in out:
                 return items
             kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
 
     def _write(self, call: Any) -> Any:
-        try:
+        with sorted_errors(f"dynamodb:{self.name}"):
             return call()
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                raise ConditionFailed(self.name) from exc
-            if is_transient(exc):
-                raise Transient("dynamodb", error_code(exc)) from exc
-            raise
 
 
-def studies_table(clients: Clients) -> Table:
-    """The studies table (one item per study key) of these clients' stack."""
-    spec = clients.settings.studies_table
-    return Table(clients, spec.name, spec.partition_key)
-
-
-def uploads_table(clients: Clients) -> Table:
-    """The uploads table (one item per upload) of these clients' stack."""
-    spec = clients.settings.uploads_table
-    return Table(clients, spec.name, spec.partition_key)
-
-
-def _names_in(expression: str) -> set[str]:
+def names_in(expression: str) -> set[str]:
+    """Attribute names written ``#name`` in a condition expression."""
     return set(re.findall(r"#([A-Za-z_][A-Za-z0-9_]*)", expression))
 
 
 def now() -> float:
+    """The time written into records: epoch seconds, to the millisecond."""
     return round(time.time(), 3)
 
 
-__all__ = ["Table", "ConditionFailed", "Status", "serialize", "deserialize", "now", "studies_table", "uploads_table"]
+def iso(ts: float) -> str:
+    """Epoch seconds as the ISO-8601 UTC text the indexes sort on (``created_at``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"

@@ -25,13 +25,13 @@ from .keys import (
     study_key,
     study_prefix,
 )
-from .messages import MESSAGE_VERSION, JobMessage, Manifest, ManifestFile, Priority
+from .messages import MESSAGE_VERSION, JobMessage, Manifest, ManifestFile, Priority, alert_message, needs_alert
 from .reasons import Reason
 from .states import AlertState, Label, Status, TriageLevel, UploadStatus
 
 __all__ = [
     "MESSAGE_VERSION", "STUDY_KEY_HEX", "AlertState", "JobMessage", "Label", "Manifest", "ManifestFile", "Priority",
-    "Reason", "Status", "TriageLevel", "UploadStatus", "check_facility", "check_file_name", "check_sha256",
+    "Reason", "Status", "alert_message", "needs_alert", "TriageLevel", "UploadStatus", "check_facility", "check_file_name", "check_sha256",
     "check_upload_id", "new_upload_id", "parse_raw_key", "promised_key", "raw_key", "raw_prefix", "results_prefix",
     "s3_event_keys", "study_key", "study_prefix",
 ]

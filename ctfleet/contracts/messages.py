@@ -2,6 +2,7 @@
 
 - :class:`JobMessage`: ingest -> the urgent or backfill queue -> a worker.
 - :class:`Manifest`: what an uploader promised to send, written by the API on completion.
+- :func:`alert_message`: the triage alert's body (no PHI), and :func:`needs_alert`, when one is due.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ctfleet.errors import BadInput
 
 from .keys import check_facility, check_file_name, check_sha256, check_upload_id
 from .reasons import Reason
+from .states import AlertState, Status, TriageLevel
 
 MESSAGE_VERSION = 2
 # Version 1 named two fields differently; messages still in a queue across a deploy are read as version 2.
@@ -35,7 +37,7 @@ class Priority:
 
 @dataclass(frozen=True)
 class JobMessage:
-    """One study to analyse. Parsed once from the queue; valid once built."""
+    """One study to analyze. Parsed once from the queue; valid once built."""
 
     job_id: str
     facility: str
@@ -97,9 +99,17 @@ class JobMessage:
 
 @dataclass(frozen=True)
 class ManifestFile:
+    """One promised file: its name in the upload (may carry PHI; stays in ``raw/``), size and sha256."""
+
     name: str
     size: int
     sha256: str
+
+    def __post_init__(self) -> None:
+        check_file_name(self.name)
+        check_sha256(self.sha256)
+        if self.size < 0:
+            raise BadInput(Reason.MANIFEST_INVALID, "file sizes cannot be negative")
 
 
 @dataclass(frozen=True)
@@ -113,16 +123,7 @@ class Manifest:
     created_at: float
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "upload_id": self.upload_id,
-                "facility": self.facility,
-                "priority": self.priority,
-                "files": [asdict(f) for f in self.files],
-                "created_at": self.created_at,
-            },
-            sort_keys=True,
-        )
+        return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, body: bytes | str) -> "Manifest":
@@ -144,7 +145,31 @@ class Manifest:
             raise BadInput(Reason.MANIFEST_INVALID, "manifest.json is malformed") from exc
         if manifest.priority not in Priority.ALL:
             raise BadInput(Reason.MANIFEST_INVALID, "priority must be urgent or backfill")
-        for f in manifest.files:
-            check_file_name(f.name)
-            check_sha256(f.sha256)
         return manifest
+
+
+# -- the triage alert -----------------------------------------------------------------
+
+
+def needs_alert(record: dict[str, Any]) -> bool:
+    """True for a DONE, HIGH study whose alert is not yet SENT (a SENDING claim may be stale)."""
+    return (
+        record.get("status") == Status.DONE
+        and record.get("triage_level") == TriageLevel.HIGH
+        and record.get("alert_state") != AlertState.SENT
+    )
+
+
+def alert_message(record: dict[str, Any], api_url: str | None) -> dict[str, Any]:
+    """The alert body: what the on-call radiologist needs, and no PHI (the study key is the only identity)."""
+    key = record["study_key"]
+    return {
+        "kind": "ctfleet.triage",
+        "study_key": key,
+        "facility": record["facility"],
+        "triage_level": record.get("triage_level"),
+        "score": record.get("score"),
+        "severity_score": record.get("severity_score"),
+        "model_version": record.get("model_version"),
+        "link": f"{api_url.rstrip('/')}/#/studies/{key}" if api_url else None,
+    }

@@ -33,5 +33,39 @@ class Reason:
     DERIVED_IMAGE = "derived_image"  # screen saves and other derived pictures, not reconstructions
     BURNED_IN_TEXT = "burned_in_text"  # text found in the pixels although the header is silent
     OUTPUT_EXISTS = "output_exists"  # a command's output folder is not empty
-    ANALYSIS_FAILED = "analysis_failed"
-    TOO_MANY_ATTEMPTS = "too_many_attempts"
+    # Processing: recorded with FAILED, or answered by the API.
+    ANALYSIS_FAILED = "analysis_failed"  # the analysis crashed on every attempt
+    TOO_MANY_ATTEMPTS = "too_many_attempts"  # SQS gave up on the job (dead-letter queue)
+    INGEST_ERROR = "ingest_error"  # ingest crashed on every delivery of the upload
+    DUPLICATE_JOB = "duplicate_job"  # a job whose study another attempt settled: dropped
+    BAD_REQUEST = "bad_request"  # an API request that is malformed
+    NOT_FOUND = "not_found"  # no such route, upload, study, object or resource
+    # Errors of the services behind us (never recorded as a study's reason; they say how to retry).
+    SERVICE_BUSY = "service_busy"  # throttling, 5xx, connection trouble: retried
+    SERVICE_ERROR = "service_error"  # access denied, validation: a deployment or code fault
+    CONFLICT = "conflict"  # a conditional write lost: someone else settled the record
+    SPOT_INTERRUPTION = "spot_interruption"  # the instance is being reclaimed: work handed back
+    # Intake and the deid/analyze commands.
+    NO_INPUT = "no_input"  # a command's INPUT is missing, or neither a folder nor a NIfTI file
+    NO_SECRET = "no_secret"  # the facility secret is empty or unreadable
+    NOT_NIFTI = "not_nifti"  # a .nii/.nii.gz input nibabel cannot read
+    BAD_SHAPE = "bad_shape"  # an input image that is not 3-D
+    UNREADABLE = "unreadable"  # a file that could not be read from disk (counted as skipped)
+    LOCALIZER = "localizer"  # a candidate stack passed over: ImageType LOCALIZER (a scout)
+    MULTI_FRAME = "multi_frame"  # a candidate stack passed over: multi-frame images
+    TOO_FEW_SLICES = "too_few_slices"  # a stack with too few slices to analyze (a scout, a short stack)
+    NO_GEOMETRY = "no_geometry"  # a candidate stack passed over: a slice lacks position, orientation or spacing
+    # The model's own errors (model/ imports nothing of ours, so it writes these as strings;
+    # tests/unit/test_reasons.py checks that every one it raises is listed here).
+    BAD_SPACING = "bad_spacing"  # voxel spacing not finite and positive
+    BAD_AFFINE = "bad_affine"  # the volume's affine is not a finite, invertible 4x4
+    BAD_ORIENTATION = "bad_orientation"  # an oblique volume the analyzer cannot orient
+    UNKNOWN_MODEL = "unknown_model"  # --model names no registered analyzer and no path
+    BAD_MODEL_NAME = "bad_model_name"  # a model name unfit for S3 result prefixes
+    BAD_MODEL_URI = "bad_model_uri"  # not s3://bucket/key, or no S3 client for one
+    MODEL_NOT_FOUND = "model_not_found"  # the model's files are not where it says
+    MODEL_ACCESS_DENIED = "model_access_denied"  # the model's S3 objects are not readable
+    BAD_MODEL_CONFIG = "bad_model_config"  # model.json is malformed or inconsistent
+    BAD_MODEL_WEIGHTS = "bad_model_weights"  # the weights file does not load in its declared format
+    BAD_MODEL_OUTPUT = "bad_model_output"  # the network's output has the wrong shape or classes
+    DEVICE_MISMATCH = "device_mismatch"  # an analyzer called on another device than it was loaded on

@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from ctfleet.aws.records import now, studies_table
-from dispatcher.triage import CLAIM_LEASE_S, Triage, retry_stale_claims
+from ctfleet.aws.alerts import CLAIM_LEASE_S
+from ctfleet.aws.records import now
+from dispatcher.deps import HandlerDeps
 
 pytestmark = pytest.mark.integration
 
@@ -23,16 +24,16 @@ def test_a_claim_abandoned_before_publishing_is_sent_once_by_the_sweep(stack):
     key = "5eed" * 6
     t = now()
     # What a triage function leaves behind when it dies right after claiming.
-    studies_table(stack.clients).put_new({
+    deps = HandlerDeps(stack.clients)
+    deps.studies.table.put_new({
         "study_key": key, "facility": "demo", "status": "DONE", "triage_level": "HIGH", "score": 0.97,
         "severity_score": 19, "created_at": "2026-01-01T00:00:00.000Z", "job_id": "j",
         "alert_state": "SENDING", "alert_claimed_at": t - 5,
     })
-    deps = Triage(stack.clients)
-    assert retry_stale_claims(deps, at=t) == 0, "a fresh claim belongs to its holder"
+    assert deps.alerts.retry_stale_claims(at=t) == 0, "a fresh claim belongs to its holder"
     later = t + CLAIM_LEASE_S + 1
-    assert retry_stale_claims(deps, at=later) == 1
-    assert retry_stale_claims(deps, at=later + 1) == 0
+    assert deps.alerts.retry_stale_claims(at=later) == 1
+    assert deps.alerts.retry_stale_claims(at=later + 1) == 0
     assert _alerts_for(stack, key) == 1
-    record = studies_table(stack.clients).get(key)
+    record = deps.studies.get(key)
     assert record["alert_state"] == "SENT"

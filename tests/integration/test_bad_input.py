@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from ctfleet.intake import dicom
+from ctfleet.dev.synthetic import series_to_datasets
+from ctfleet.intake import dataset_to_bytes, read_dataset
 from ctfleet.errors import BadInput
 
 pytestmark = pytest.mark.integration
@@ -17,16 +18,16 @@ pytestmark = pytest.mark.integration
 def _series(modality: str = "CT", slices: int = 6, **kwargs) -> list[tuple[str, bytes]]:
     hu = np.full((slices, 32, 32), -1000, dtype=np.float32)
     hu[:, 8:24, 8:24] = 40
-    datasets = dicom.series_to_datasets(hu, (2.5, 1.0, 1.0), modality=modality, patient_name="BAD^INPUT", **kwargs)
-    return [(f"IM{i:03d}.dcm", dicom.dataset_to_bytes(ds)) for i, ds in enumerate(datasets)]
+    datasets = series_to_datasets(hu, (2.5, 1.0, 1.0), modality=modality, patient_name="BAD^INPUT", **kwargs)
+    return [(f"IM{i:03d}.dcm", dataset_to_bytes(ds)) for i, ds in enumerate(datasets)]
 
 
 def _without_pixels() -> list[tuple[str, bytes]]:
     out = []
     for name, data in _series():
-        ds = dicom.read_dataset(data)
+        ds = read_dataset(data)
         del ds.PixelData
-        out.append((name, dicom.dataset_to_bytes(ds)))
+        out.append((name, dataset_to_bytes(ds)))
     return out
 
 
@@ -111,12 +112,13 @@ def test_a_file_that_differs_from_its_checksum_is_rejected(api):
 
 
 def test_uploads_that_never_complete_expire_as_upload_incomplete(api, stack):
-    from dispatcher.sweeper import Sweeper, sweep
+    from dispatcher.deps import HandlerDeps
+    from dispatcher.sweeper import sweep
 
     files = _series()
     listing = [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in files]
     upload_id = _upload_raw(api, listing, dict(files[:3]), complete=False)  # the rest never arrives
-    deps = Sweeper(stack.clients)
+    deps = HandlerDeps(stack.clients)
     assert sweep(deps, at=time.time()) == 0, "not yet expired"
     assert api.get_upload(upload_id)["status"] == "RECEIVED"
     assert sweep(deps, at=time.time() + stack.settings.upload_expiry_s + 1) >= 1

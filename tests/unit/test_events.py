@@ -3,10 +3,8 @@
 import json
 from pathlib import Path
 
-from ctfleet.contracts import parse_raw_key
+from ctfleet.contracts import needs_alert, parse_raw_key, s3_event_keys
 from ctfleet.aws.records import deserialize
-from dispatcher.ingest import _manifest_keys
-from dispatcher.triage import needs_alert
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 
@@ -17,14 +15,14 @@ def load(name: str) -> dict:
 
 def test_s3_notifications_yield_the_manifest_and_skip_the_test_event():
     event = load("sqs_s3_manifest_created.json")
-    keys = [k for record in event["Records"] for k in _manifest_keys(record["body"])]
+    keys = [k for record in event["Records"] for k in s3_event_keys(record["body"])]
     assert keys == [("ctfleet-raw", "raw/demo/0123456789abcdef0123456789abcdef/manifest.json")]
     assert parse_raw_key(keys[0][1]) == ("demo", "0123456789abcdef0123456789abcdef", "manifest.json")
 
 
 def test_url_encoded_keys_are_decoded():
     body = json.dumps({"Records": [{"s3": {"bucket": {"name": "b"}, "object": {"key": "raw/demo/x/a+b%2Fc.json"}}}]})
-    assert _manifest_keys(body) == [("b", "raw/demo/x/a b/c.json")]
+    assert s3_event_keys(body) == [("b", "raw/demo/x/a b/c.json")]
 
 
 def test_only_the_done_high_stream_record_needs_an_alert():

@@ -32,5 +32,6 @@ def test_no_imds_means_no_notice_and_a_local_identity():
 
 def test_heartbeat_must_beat_well_within_the_visibility_timeout():
     with pytest.raises(ValueError, match="too slow"):
-        Heartbeat(None, "url", "receipt", interval_s=90, visibility_s=120)
-    Heartbeat(None, "url", "receipt", interval_s=30, visibility_s=120)
+        Heartbeat(None, "receipt", interval_s=90, visibility_s=120)  # type: ignore[arg-type]
+    beat = Heartbeat(None, "receipt", interval_s=30, visibility_s=120)  # type: ignore[arg-type]
+    assert not beat.handed_back.is_set()

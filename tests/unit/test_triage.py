@@ -1,6 +1,6 @@
 import json
 
-from dispatcher.triage import AlertState, alert_message, needs_alert
+from ctfleet.contracts import AlertState, alert_message, needs_alert
 
 DONE_HIGH = {"study_key": "ab" * 12, "facility": "demo", "status": "DONE", "triage_level": "HIGH",
              "score": 0.93, "severity_score": 17, "model_version": "m-1"}
@@ -20,4 +20,4 @@ def test_alert_carries_a_link_and_nothing_but_the_study_key_for_identity():
     assert msg["link"] == f"https://ctfleet.example/#/studies/{DONE_HIGH['study_key']}"
     assert set(msg) == {"kind", "study_key", "facility", "triage_level", "score", "severity_score",
                         "model_version", "link"}
-    json.dumps(msg)
+    assert json.loads(json.dumps(msg)) == msg

@@ -1,0 +1,224 @@
+"""Where every upload's and study's state changes: one method per transition.
+
+Each method owns its condition expression and returns a domain outcome
+(a record, ``True``/``False``, a job to send); no caller writes a condition or
+catches a lost one. A lost condition means someone else settled the record
+first, which for every transition here is an ordinary outcome, not an error.
+
+Uploads:  RECEIVED -> COMPLETE -> QUEUED | REJECTED | FAILED
+          (RECEIVED -> REJECTED upload_incomplete when it expires;
+          an empty upload is REJECTED when created)
+Studies:  QUEUED -> PROCESSING -> DONE | REJECTED | FAILED
+          (a FAILED or REJECTED study is QUEUED again by a new upload of it)
+Alerts:   (none) -> SENDING -> SENT, a SENDING claim older than its lease may be taken over
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ctfleet.contracts import AlertState, JobMessage, Reason, Status, UploadStatus
+from ctfleet.errors import Conflict
+
+from .records import Table, iso, now
+
+_LIVE = {":queued": Status.QUEUED, ":processing": Status.PROCESSING}
+
+
+def _index(table: Table, name: str) -> Any:
+    return next(i for i in table.spec.indexes if i.name == name)
+
+
+class Repository:
+    """One table's records, written only through the transitions of a subclass.
+
+    Parameters
+    ----------
+    table : Table
+    """
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The record (consistent read), or None."""
+        return self.table.get(key)
+
+
+class Uploads(Repository):
+    """The uploads table (``Settings.uploads_table``): every upload ends here in a recorded state."""
+
+    def create(self, upload_id: str, facility: str, priority: str, *, files: int, size_bytes: int,
+               created: float, expires_at: int) -> None:
+        """A new upload, RECEIVED: its files may now arrive."""
+        self.table.put_new({
+            "upload_id": upload_id, "facility": facility, "priority": priority, "status": UploadStatus.RECEIVED,
+            "files": files, "bytes": size_bytes, "created_at": iso(created), "received_at": created,
+            "expires_at": expires_at,
+        })
+
+    def create_rejected(self, upload_id: str, facility: str, priority: str, reason: str) -> None:
+        """An upload refused as it was announced (nothing to send), REJECTED at once."""
+        t = now()
+        self.table.put_new({"upload_id": upload_id, "facility": facility, "priority": priority,
+                            "status": UploadStatus.REJECTED, "reason": reason, "files": 0, "bytes": 0,
+                            "created_at": iso(t), "received_at": t, "ingested_at": t})
+
+    def complete(self, upload_id: str) -> dict[str, Any] | None:
+        """RECEIVED -> COMPLETE; the new record, or None if it was no longer RECEIVED."""
+        try:
+            return self.table.update(upload_id, {"status": UploadStatus.COMPLETE, "completed_at": now()},
+                                     condition="#status = :received", values={":received": UploadStatus.RECEIVED})
+        except Conflict:
+            return None
+
+    def finish(self, upload_id: str, status: str, *, reason: str | None = None,
+               study_key: str | None = None) -> bool:
+        """-> QUEUED, REJECTED or FAILED, unless the upload is final already; True if this call ended it."""
+        fields: dict[str, Any] = {"status": status, "ingested_at": now()}
+        if reason:
+            fields["reason"] = reason
+        if study_key:
+            fields["study_key"] = study_key
+        try:
+            self.table.update(upload_id, fields,
+                              condition="attribute_not_exists(#status) OR NOT #status IN (:a, :r, :f)",
+                              values={":a": UploadStatus.QUEUED, ":r": UploadStatus.REJECTED,
+                                      ":f": UploadStatus.FAILED})
+            return True
+        except Conflict:
+            return False
+
+    def note_duplicate(self, upload_id: str, of_upload: str) -> None:
+        """The upload's study was already there, from ``of_upload``."""
+        self.table.update(upload_id, {"duplicate_of": of_upload})
+
+    def expire(self, upload_id: str) -> bool:
+        """RECEIVED -> REJECTED ``upload_incomplete`` (it never completed); False if it moved on meanwhile."""
+        return self._settle_open(upload_id, UploadStatus.REJECTED, Reason.UPLOAD_INCOMPLETE,
+                                 (UploadStatus.RECEIVED,))
+
+    def fail_ingest(self, upload_id: str) -> bool:
+        """RECEIVED or COMPLETE -> FAILED ``ingest_error`` (ingest gave up on it); False if it was settled."""
+        return self._settle_open(upload_id, UploadStatus.FAILED, Reason.INGEST_ERROR,
+                                 (UploadStatus.RECEIVED, UploadStatus.COMPLETE))
+
+    def _settle_open(self, upload_id: str, status: str, reason: str, from_states: tuple[str, ...]) -> bool:
+        names = {f":s{i}": s for i, s in enumerate(from_states)}
+        try:
+            self.table.update(upload_id, {"status": status, "reason": reason, "ingested_at": now()},
+                              condition=f"#status IN ({', '.join(names)})", values=names)
+            return True
+        except Conflict:
+            return False
+
+    def stale(self, *, before: float, limit: int) -> list[dict[str, Any]]:
+        """Uploads still RECEIVED that were created before ``before`` (epoch seconds), oldest first not promised."""
+        index = _index(self.table, "by_status")
+        return self.table.query_index(index.name, index.partition_key, UploadStatus.RECEIVED, limit=limit,
+                                      sort_key=index.sort_key, sort_before=iso(before))
+
+
+@dataclass(frozen=True)
+class Registered:
+    """What :meth:`Studies.register` found: the job to send (None: nothing to send) and the duplicate's upload."""
+
+    job: JobMessage | None
+    duplicate_of: str | None = None
+
+
+class Studies(Repository):
+    """The studies table (``Settings.studies_table``): one record per study key, moved by conditional writes."""
+
+    def for_facility(self, facility: str, *, limit: int) -> list[dict[str, Any]]:
+        """The facility's studies, newest first."""
+        index = _index(self.table, "by_facility")
+        return self.table.query_index(index.name, index.partition_key, facility, limit=limit)
+
+    # -- ingest ---------------------------------------------------------------------
+
+    def register(self, job: JobMessage, item: dict[str, Any]) -> Registered:
+        """(none) | FAILED | REJECTED -> QUEUED with ``item``; what to send for ``job``.
+
+        A redelivered ingest of the same upload finds its own QUEUED record and
+        sends that record's job again (same ``job_id``); another upload of a
+        study already queued, running or done sends nothing.
+        """
+        try:
+            self.table.put_new(item)
+            return Registered(job)
+        except Conflict:
+            pass
+        existing = self.get(job.study_key) or {}
+        if existing.get("upload_id") == item["upload_id"] and existing.get("status") == Status.QUEUED:
+            return Registered(JobMessage.from_json(existing["job"]))
+        if existing.get("status") in (Status.FAILED, Status.REJECTED):
+            try:
+                self.table.put(item, condition="#status = :old", names={"#status": "status"},
+                               values={":old": existing["status"]})
+                return Registered(job)
+            except Conflict:
+                return Registered(None)
+        return Registered(None, duplicate_of=str(existing.get("upload_id", "")))
+
+    # -- the worker -----------------------------------------------------------------
+
+    def claim(self, job: JobMessage, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """QUEUED | PROCESSING -> PROCESSING for this job, one attempt more; the record, or None if settled."""
+        try:
+            return self.table.update(job.study_key, {"status": Status.PROCESSING, "started_at": now(), **fields},
+                                     add={"attempts": 1},
+                                     condition="#job_id = :job AND #status IN (:queued, :processing)",
+                                     values={":job": job.job_id, **_LIVE})
+        except Conflict:
+            return None
+
+    def mark_done(self, job: JobMessage, fields: dict[str, Any]) -> bool:
+        """PROCESSING -> DONE with the results; False if another attempt settled it first."""
+        try:
+            self.table.update(job.study_key, {"status": Status.DONE, "done_at": now(), **fields},
+                              condition="#job_id = :job AND #status = :processing",
+                              values={":job": job.job_id, ":processing": Status.PROCESSING})
+            return True
+        except Conflict:
+            return False
+
+    def settle(self, job: JobMessage, status: str, reason: str, detail: str = "") -> bool:
+        """QUEUED | PROCESSING -> REJECTED or FAILED with a reason; False if it was settled already."""
+        fields = {"status": status, "reason": reason, "detail": detail[:200] or None, "finished_at": now()}
+        try:
+            self.table.update(job.study_key, fields, condition="#job_id = :job AND #status IN (:queued, :processing)",
+                              values={":job": job.job_id, **_LIVE})
+            return True
+        except Conflict:
+            return False
+
+    # -- alerts ---------------------------------------------------------------------
+
+    def claim_alert(self, study_key: str, *, at: float, lease_s: float) -> bool:
+        """(no alert) | a SENDING claim older than the lease -> SENDING; True if this caller holds it."""
+        try:
+            self.table.update(
+                study_key, {"alert_state": AlertState.SENDING, "alert_claimed_at": at},
+                condition="#status = :done AND (attribute_not_exists(#alert_state) OR "
+                          "(#alert_state = :sending AND #alert_claimed_at < :stale))",
+                values={":done": Status.DONE, ":sending": AlertState.SENDING, ":stale": at - lease_s},
+            )
+            return True
+        except Conflict:
+            return False
+
+    def mark_alert_sent(self, study_key: str) -> bool:
+        """SENDING -> SENT; False if the claim was lost meanwhile."""
+        try:
+            self.table.update(study_key, {"alert_state": AlertState.SENT, "alerted_at": now()},
+                              condition="#alert_state = :sending", values={":sending": AlertState.SENDING})
+            return True
+        except Conflict:
+            return False
+
+    def alert_claims(self, *, limit: int) -> list[dict[str, Any]]:
+        """Studies whose alert is claimed (SENDING) and not yet marked SENT."""
+        index = _index(self.table, "by_alert_state")
+        return self.table.query_index(index.name, index.partition_key, AlertState.SENDING, limit=limit)

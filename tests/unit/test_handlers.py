@@ -1,0 +1,170 @@
+"""Handler-level tests: the real handlers, fed recorded events, against a real moto server over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from aws_server import moto_stack
+from ctfleet.contracts import JobMessage, Manifest, ManifestFile, Reason, Status, UploadStatus, raw_key, raw_prefix
+from ctfleet.dev.phantom import from_preset
+from ctfleet.dev.synthetic import series_to_datasets
+from ctfleet.intake import dataset_to_bytes
+from ctfleet.settings import Settings
+from dispatcher import api, ingest, sweeper, triage
+
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+RECORDED_UPLOAD = "0123456789abcdef0123456789abcdef"  # the upload of sqs_s3_manifest_created.json
+
+
+def load(name: str) -> dict:
+    return json.loads((EVENTS / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def stack():
+    # Stack name "ctfleet": its raw bucket is the recorded event's ``ctfleet-raw``.
+    with moto_stack(Settings(stack="ctfleet", facilities=("demo", "other"))) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def series() -> list[tuple[str, bytes]]:
+    p = from_preset("clean")
+    datasets = series_to_datasets(p.hu[::4], (p.spacing_mm[0] * 4, *p.spacing_mm[1:]),
+                                  patient_name="HANDLER^TEST", patient_id="H-1", study_date="20260101")
+    return [(f"IM{i:04d}.dcm", dataset_to_bytes(ds)) for i, ds in enumerate(datasets)]
+
+
+def http(method: str, path: str, body: dict | None = None) -> dict:
+    return {"version": "2.0", "rawPath": path, "requestContext": {"http": {"method": method, "path": path}},
+            "body": json.dumps(body) if body is not None else None, "isBase64Encoded": False}
+
+
+def listing(files: list[tuple[str, bytes]]) -> list[dict]:
+    return [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in files]
+
+
+def seed_upload(stack, upload_id: str, files: list[tuple[str, bytes]], *, facility: str = "demo") -> None:
+    """What the API and the uploader leave behind once an upload is complete."""
+    deps = stack.deps
+    deps.uploads.create(upload_id, facility, "urgent", files=len(files), size_bytes=sum(len(b) for _, b in files),
+                        created=time.time(), expires_at=int(time.time()) + 3600)
+    for name, blob in files:
+        deps.raw.put(raw_key(facility, upload_id, name), blob)
+    manifest = Manifest(upload_id, facility, "urgent", tuple(ManifestFile(**f) for f in listing(files)), time.time())
+    deps.raw.put(raw_key(facility, upload_id, "manifest.json"), manifest.to_json().encode())
+
+
+def jobs(stack) -> list[JobMessage]:
+    queue = stack.deps.queue(stack.settings.urgent_queue.name)
+    out = []
+    while messages := queue.receive(max_messages=10):
+        for m in messages:
+            out.append(JobMessage.from_json(m["Body"]))
+            queue.delete(m["ReceiptHandle"])
+    return out
+
+
+def test_api_creates_an_upload_refuses_to_complete_it_early_then_completes_it(stack, series):
+    files = series[:3]
+    created = api.handle(http("POST", "/uploads", {"facility": "demo", "files": listing(files)}), stack.deps)
+    assert created["statusCode"] == 201, created
+    body = json.loads(created["body"])
+    upload_id = body["upload_id"]
+    assert [f["name"] for f in body["files"]] == [n for n, _ in files]
+    complete = http("POST", f"/uploads/{upload_id}/complete")
+    early = api.handle(complete, stack.deps)
+    assert early["statusCode"] == 409 and json.loads(early["body"])["error"] == Reason.UPLOAD_INCOMPLETE
+    for name, blob in files:  # moto does not enforce the presigned POST: the files go in directly
+        stack.deps.raw.put(raw_key("demo", upload_id, name), blob)
+    done = api.handle(complete, stack.deps)
+    assert done["statusCode"] == 202 and json.loads(done["body"])["status"] == UploadStatus.COMPLETE
+    assert "manifest.json" in stack.deps.raw.sizes(raw_prefix("demo", upload_id))
+    again = api.handle(complete, stack.deps)
+    assert again["statusCode"] == 202 and json.loads(again["body"])["status"] == UploadStatus.COMPLETE
+
+
+@pytest.mark.parametrize("method, path, status, reason", [
+    ("GET", "/nowhere", 404, Reason.NOT_FOUND),
+    ("DELETE", "/uploads", 404, Reason.NOT_FOUND),
+    ("GET", f"/uploads/{'f' * 32}", 404, Reason.NOT_FOUND),
+    ("GET", f"/studies/{'e' * 24}", 404, Reason.NOT_FOUND),
+    ("GET", "/studies?facility=elsewhere", 400, Reason.UNKNOWN_FACILITY),
+])
+def test_api_errors_carry_a_reason_code(stack, method, path, status, reason):
+    event = http(method, path.split("?")[0])
+    if "?" in path:
+        event["queryStringParameters"] = dict([path.split("?")[1].split("=")])
+    out = api.handle(event, stack.deps)
+    assert out["statusCode"] == status and json.loads(out["body"])["error"] == reason
+
+
+def test_api_records_an_empty_upload_as_rejected(stack):
+    out = api.handle(http("POST", "/uploads", {"facility": "demo", "files": []}), stack.deps)
+    body = json.loads(out["body"])
+    assert out["statusCode"] == 400 and body["error"] == Reason.EMPTY_UPLOAD
+    record = stack.deps.uploads.get(body["upload_id"])
+    assert record["status"] == UploadStatus.REJECTED and record["reason"] == Reason.EMPTY_UPLOAD
+
+
+def test_ingest_turns_the_recorded_event_into_one_job_and_deletes_the_phi(stack, series):
+    seed_upload(stack, RECORDED_UPLOAD, series)
+    event = load("sqs_s3_manifest_created.json")  # S3's test event, then the manifest's ObjectCreated
+    assert ingest.handle(event, stack.deps) == {"batchItemFailures": []}
+    upload = stack.deps.uploads.get(RECORDED_UPLOAD)
+    assert upload["status"] == UploadStatus.QUEUED
+    study = stack.deps.studies.get(upload["study_key"])
+    assert study["status"] == Status.QUEUED and study["slices"] == len(series)
+    [job] = jobs(stack)
+    assert job.study_key == upload["study_key"] and job.job_id == study["job_id"] and job.slice_count == len(series)
+    assert stack.deps.raw.sizes(raw_prefix("demo", RECORDED_UPLOAD)) == {}, "raw objects (PHI) deleted"
+    stored = stack.deps.studies_objects.get(job.object_keys[0])
+    assert b"HANDLER^TEST" not in stored and b"H-1" not in stored
+    # The same event again (SQS delivers at least once): nothing new is queued.
+    assert ingest.handle(event, stack.deps) == {"batchItemFailures": []}
+    assert jobs(stack) == []
+
+
+def test_ingest_records_a_bad_upload_as_rejected_with_its_reason(stack, series):
+    upload_id = "1" * 32
+    seed_upload(stack, upload_id, [("notes.txt", b"not a DICOM file at all")])
+    key = raw_key("demo", upload_id, "manifest.json")
+    body = json.dumps({"Records": [{"s3": {"bucket": {"name": stack.settings.raw_bucket}, "object": {"key": key}}}]})
+    assert ingest.handle({"Records": [{"messageId": "m", "body": body}]}, stack.deps) == {"batchItemFailures": []}
+    record = stack.deps.uploads.get(upload_id)
+    assert record["status"] == UploadStatus.REJECTED and record["reason"] == Reason.NOT_DICOM
+    assert stack.deps.raw.sizes(raw_prefix("demo", upload_id)) == {}
+
+
+def test_triage_sends_one_alert_for_the_recorded_stream(stack):
+    event = load("dynamodb_stream_study_done_high.json")
+    done = event["Records"][1]["dynamodb"]["NewImage"]
+    stack.clients.dynamodb.put_item(TableName=stack.settings.studies_table.name, Item=done)
+    assert triage.handle(event, stack.deps) == {"batchItemFailures": []}
+    [alert] = stack.alerts()
+    body = json.loads(alert)
+    assert body["study_key"] == done["study_key"]["S"] and body["triage_level"] == "HIGH"
+    assert body["link"] == f"https://ctfleet.example/#/studies/{done['study_key']['S']}"
+    assert stack.deps.studies.get(done["study_key"]["S"])["alert_state"] == "SENT"
+    # A replayed stream batch alerts nobody a second time.
+    assert triage.handle(event, stack.deps) == {"batchItemFailures": []}
+    assert stack.alerts() == []
+
+
+def test_sweeper_expires_an_upload_that_never_completed(stack, series):
+    upload_id = "2" * 32
+    stack.deps.uploads.create(upload_id, "demo", "urgent", files=1, size_bytes=10, created=time.time() - 10,
+                              expires_at=int(time.time()))
+    stack.deps.raw.put(raw_key("demo", upload_id, "IM0000.dcm"), series[0][1])
+    assert sweeper.sweep(stack.deps, at=time.time()) == 0, "not yet expired"
+    assert sweeper.sweep(stack.deps, at=time.time() + stack.settings.upload_expiry_s) == 1
+    record = stack.deps.uploads.get(upload_id)
+    assert record["status"] == UploadStatus.REJECTED and record["reason"] == Reason.UPLOAD_INCOMPLETE
+    assert stack.deps.raw.sizes(raw_prefix("demo", upload_id)) == {}
+    out = sweeper.handle({}, stack.deps)
+    assert out == {"expired": 0, "alerts_retried": 0, "dead_letters": 0}

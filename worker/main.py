@@ -1,0 +1,96 @@
+"""``ctfleet worker``: wire one GPU instance's worker from settings, then run it until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from ctfleet.aws.clients import Clients
+from ctfleet.aws.imds import Imds
+from ctfleet.aws.objects import Objects
+from ctfleet.aws.queues import Queue
+from ctfleet.aws.records import Table
+from ctfleet.aws.repositories import Studies
+from ctfleet.settings import Settings
+
+from .job import Instance, JobRunner
+from .loop import Worker
+from .results import ResultWriter
+from .spot import watch_spot
+
+log = logging.getLogger(__name__)
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """First SIGTERM/SIGINT: finish the current job and stop. Second: exit now."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        log.info("stopping after the current job", extra={"signal": signum})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def build_worker(settings: Settings, clients: Clients, imds: Imds) -> Worker:
+    """Load the model once and wire the worker; a model that cannot load stops here, before any work."""
+    from ctfleet.aws.model_store import resolve
+    from ctfleet.results.files import render
+    from model.device import resolve_device
+
+    device = settings.device
+    if device == "auto":
+        device = resolve_device(device).type
+    analyzer = resolve(settings.model, s3_client=clients.s3, cache_dir=Path(settings.model_cache_dir).expanduser(),
+                       device=device)
+    instance = Instance(instance_id=imds.instance_id(), instance_type=imds.instance_type(settings.instance_type),
+                        device=device, price_per_hour_usd=settings.gpu_price_per_hour)
+    runner = JobRunner(
+        studies=Studies(Table(clients.dynamodb, settings.studies_table)),
+        inputs=Objects(clients.s3, settings.studies_bucket),
+        writer=ResultWriter(Objects(clients.s3, settings.results_bucket), render),
+        analyze=analyzer, model_version=analyzer.version, instance=instance,
+        high_threshold=settings.high_threshold, interrupted=threading.Event(),
+    )
+    queues = {spec.name: Queue(clients.sqs, clients.queue_url(spec.name), spec.name)
+              for spec in (settings.urgent_queue, settings.backfill_queue)}
+    return Worker(settings=settings, urgent=queues[settings.urgent_queue.name],
+                  backfill=queues[settings.backfill_queue.name], runner=runner)
+
+
+def main(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
+    """Run the worker loop of this instance until SIGTERM, a spot notice, or the given limits."""
+    clients = Clients(settings)
+    imds = Imds(settings.imds_endpoint)
+    worker = build_worker(settings, clients, imds)
+    instance = worker.runner.instance
+    _attach_cloudwatch(clients, instance.instance_id)
+    install_signal_handlers(worker.stop)
+    watch_spot(imds, worker.stop, worker.interrupt)
+    log.info("worker started", extra={"instance": instance.instance_id, "device": instance.device,
+                                      "model_version": worker.runner.model_version})
+    handled = worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)
+    log.info("worker stopped", extra={"instance": instance.instance_id, "jobs": handled})
+    logging.shutdown()
+    return 0
+
+
+def _attach_cloudwatch(clients: Clients, stream: str) -> None:
+    """Ship this process's logs to CloudWatch Logs too (watchtower batches in a thread)."""
+    try:
+        import watchtower
+
+        handler = watchtower.CloudWatchLogHandler(
+            log_group_name=clients.settings.log_group, log_stream_name=stream, boto3_client=clients.logs,
+            create_log_group=True, send_interval=2,
+        )
+        root = logging.getLogger()
+        handler.setFormatter(root.handlers[0].formatter if root.handlers else logging.Formatter())
+        root.addHandler(handler)
+    except Exception:  # noqa: BLE001 - the outermost setup step: logs still go to stderr
+        log.warning("CloudWatch Logs unavailable; logging to stderr only", exc_info=True)
