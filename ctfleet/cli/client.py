@@ -1,4 +1,4 @@
-"""The uploader's side of the API, as a browser or the backfill CLI speaks it.
+"""The uploader's side of the API, as a browser, the demo or the backfill CLI speaks it.
 
 create the upload -> POST each file to its presigned URL, straight to S3 -> complete.
 """
@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 
+from ctfleet.contracts import Reason
 from ctfleet.errors import BadInput, Transient
 
 
@@ -19,7 +20,7 @@ from ctfleet.errors import BadInput, Transient
 class UploadResult:
     upload_id: str
     files: int
-    bytes: int
+    size_bytes: int
 
 
 class ApiClient:
@@ -32,11 +33,11 @@ class ApiClient:
         try:
             data = resp.json()
         except ValueError as exc:
-            raise Transient("api", f"HTTP {resp.status_code} without JSON") from exc
+            raise Transient(Reason.SERVICE_BUSY, f"HTTP {resp.status_code} without JSON") from exc
         if resp.status_code >= 500:
-            raise Transient(str(data.get("error", "api")), str(data.get("message", "")))
+            raise Transient(str(data.get("error", Reason.SERVICE_BUSY)), str(data.get("message", "")))
         if resp.status_code >= 400:
-            raise BadInput(str(data.get("error", "bad_request")), str(data.get("message", "")))
+            raise BadInput(str(data.get("error", Reason.BAD_REQUEST)), str(data.get("message", "")))
         return data
 
     def upload(self, facility: str, files: list[tuple[str, bytes]], *, priority: str = "urgent") -> UploadResult:
@@ -50,7 +51,7 @@ class ApiClient:
                                   files={"file": (target["name"].rsplit("/", 1)[-1], by_name[target["name"]])},
                                   timeout=self.timeout_s)
             if resp.status_code not in (200, 201, 204):
-                raise Transient("s3_upload", f"presigned POST answered HTTP {resp.status_code}")
+                raise Transient(Reason.SERVICE_BUSY, f"presigned POST answered HTTP {resp.status_code}")
         self._json(self.http.post(f"{self.base}/uploads/{created['upload_id']}/complete", timeout=self.timeout_s))
         return UploadResult(created["upload_id"], len(files), sum(len(b) for _, b in files))
 

@@ -8,13 +8,10 @@ reason code and what to do), 1 on anything else.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import time
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ctfleet.errors import BadInput
 from ctfleet.logs import configure_logging
@@ -25,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctfleet", description="Chest CT triage on a fleet of spot GPU machines.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("analyze", help="analyse one study on this machine (no AWS)")
+    p = sub.add_parser("analyze", help="analyze one study on this machine (no AWS)")
     p.add_argument("input", type=Path, help="folder of DICOM files (searched recursively) or a .nii/.nii.gz file")
     p.add_argument("--out", type=Path, required=True, help="output folder (labels.nii.gz, report.json, overlay/)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -59,131 +56,60 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code (0 done, 2 bad input, 1 anything else, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings.log_level)
+    command = "local " + args.local_command if args.command == "local" else args.command
     try:
-        if args.command == "analyze":
-            return cmd_analyze(args, settings)
-        if args.command == "deid":
-            return cmd_deid(args, settings)
-        if args.command == "local":
-            return cmd_local_up(args, settings)
-        if args.command == "demo":
-            from ctfleet.local.demo import main as demo_main
-
-            for folder in args.folders:
-                if not folder.is_dir():
-                    raise BadInput("no_input", f"{folder} is not a folder")
-            return demo_main(settings, list(args.folders), workers=args.workers, timeout_s=args.timeout)
-        if args.command == "worker":
-            from worker.loop import main as worker_main
-
-            return worker_main(settings, max_jobs=args.max_jobs, idle_exit_s=args.idle_exit)
+        return COMMANDS[command](args, settings)
     except BadInput as exc:
         print(f"error: {exc.reason}: {exc.detail or 'bad input'}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - exit 1 with a readable line, details in the log
+    except Exception as exc:  # noqa: BLE001 - the outermost loop: exit 1 with a readable line, details in the log
         logging.getLogger("ctfleet").exception("command failed")
         print(f"error: internal: {type(exc).__name__}", file=sys.stderr)
         return 1
-    return 1
 
 
-def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
-    from ctfleet.intake import load_study
+# Each command's module is imported when it runs: `ctfleet deid` never pays for torch,
+# `ctfleet worker` never for the local stack.
+def _analyze(args: argparse.Namespace, settings: Settings) -> int:
+    from .analyze import command
 
-    t0 = time.perf_counter()
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        raise BadInput("output_exists", f"{args.out} exists and is not an empty folder; choose a new --out")
-    study = load_study(args.input)
-    volume = study.volume
-    t_read = time.perf_counter()
-    print(f"analyze: volume {volume.shape} spacing {tuple(round(s, 3) for s in volume.spacing_mm)} mm",
-          file=sys.stderr)
-    from model import ModelError
-    from model.volume import VolumeError
-
-    from ctfleet.aws.model_store import resolve
-    from ctfleet.results.files import render, write
-
-    threshold = args.high_threshold if args.high_threshold is not None else settings.high_threshold
-    try:
-        s3 = None
-        if args.model.startswith("s3://"):
-            from ctfleet.aws.clients import Clients
-
-            s3 = Clients(settings).s3
-        analyzer = resolve(args.model, s3_client=s3, cache_dir=Path(settings.model_cache_dir).expanduser(),
-                           device=args.device)
-        analysis = analyzer(volume, args.device, high_threshold=threshold)
-    except (VolumeError, ModelError) as exc:
-        raise BadInput(exc.reason, str(exc)) from exc
-    report = dict(analysis.report)
-    report.setdefault("timings_s", {})
-    report["timings_s"] = {**report["timings_s"], "read": round(t_read - t0, 4)}
-    files = render(replace(analysis, report=report), volume,
-                   source_datasets=study.source_datasets if args.seg else None)
-    write(files, args.out)
-    report["timings_s"]["command"] = round(time.perf_counter() - t0, 4)
-    print(f"analyze: wrote {len(files)} files to {args.out}", file=sys.stderr)
-    print(json.dumps(report, sort_keys=True))
-    return 0
+    return command(args, settings)
 
 
-def cmd_deid(args: argparse.Namespace, settings: Settings) -> int:
-    from ctfleet.contracts import check_facility
-    from ctfleet.cli.deid import NothingAccepted, run
+def _deid(args: argparse.Namespace, settings: Settings) -> int:
+    from .deid import command
 
-    facility = check_facility(args.facility)
-    if args.secret_file is not None:
-        try:
-            secret = args.secret_file.read_bytes().strip()
-        except OSError as exc:
-            raise BadInput("no_secret", f"cannot read --secret-file {args.secret_file}") from exc
-        if len(secret) < 16:
-            raise BadInput("no_secret", "the secret file must hold at least 16 bytes (e.g. 64 hex characters)")
-    else:
-        from ctfleet.local.secrets import local_secret
-
-        secret = local_secret(settings, facility)
-    if not args.input.is_dir():
-        raise BadInput("no_input", f"{args.input} is not a folder")
-    try:
-        result = run(args.input, args.output, facility, secret)
-    except NothingAccepted as exc:
-        print(json.dumps(exc.result, sort_keys=True))  # what was rejected, and why; then exit 2
-        raise
-    accepted = sum(a["files"] for a in result["accepted"])
-    print(f"deid: {len(result['accepted'])} series ({accepted} files) written to {args.output}, "
-          f"{len(result['rejected'])} rejected", file=sys.stderr)
-    print(json.dumps(result, sort_keys=True))
-    return 0
+    return command(args, settings)
 
 
-def cmd_local_up(args: argparse.Namespace, settings: Settings) -> int:
-    import signal
-    import threading
+def _local_up(args: argparse.Namespace, settings: Settings) -> int:
+    from .local import up
 
-    from ctfleet.local.stack import LocalStack
+    return up(args, settings)
 
-    stop = threading.Event()
-    # Ctrl-C and SIGTERM both stop everything cleanly, even where SIGINT arrives
-    # ignored (a background job of a non-interactive shell).
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stack = LocalStack(settings, workers=args.workers, api_port=args.port).start()
-    try:
-        print(f"local: stack up with {args.workers} worker(s); Ctrl-C stops it", file=sys.stderr)
-        print(json.dumps(stack.urls()), flush=True)
-        while not stop.wait(1.0):
-            for i, proc in enumerate(stack.workers):
-                if proc.poll() is not None:
-                    print(f"local: worker {i} exited ({proc.returncode}); starting a new one", file=sys.stderr)
-                    stack.start_worker(i)
-        print("local: stopping", file=sys.stderr)
-    finally:
-        stack.stop()
-    return 0
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .local import demo
+
+    return demo(args, settings)
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.main import main as worker_main
+
+    return worker_main(settings, max_jobs=args.max_jobs, idle_exit_s=args.idle_exit)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "analyze": _analyze,
+    "deid": _deid,
+    "local up": _local_up,
+    "demo": _demo,
+    "worker": _worker,
+}

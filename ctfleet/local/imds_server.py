@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .httpd import LoopbackServer
 
 
-class LocalImds:
+class LocalImds(LoopbackServer):
     def __init__(self, instance_id: str, instance_type: str) -> None:
         self.instance_id = instance_id
         self.instance_type = instance_type
@@ -54,20 +55,7 @@ class LocalImds:
                 value = routes.get(self.path)
                 self._send(200, value) if value is not None else self._send(404)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"imds-{instance_id}", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    def start(self) -> "LocalImds":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler, name=f"imds-{instance_id}")
 
     def interrupt(self, in_seconds: float = 120.0) -> None:
         """Post a spot interruption notice, as EC2 does two minutes before reclaiming."""

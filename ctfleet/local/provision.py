@@ -13,7 +13,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ctfleet.aws.clients import Clients, error_code
+from ctfleet.aws.clients import Clients
+from ctfleet.aws.failures import error_code
 from ctfleet.settings import QueueSpec, Settings, TableSpec
 
 

@@ -16,211 +16,32 @@ IMDS                            :class:`~ctfleet.local.imds_server.LocalImds`, o
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import mimetypes
 import os
 import secrets as pysecrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import parse_qsl, urlsplit
+from typing import Any
 
 from ctfleet.aws.clients import Clients
-from ctfleet.local.imds_server import LocalImds
-from ctfleet.local.provision import provision
-from ctfleet.local.secrets import local_secret
 from ctfleet.settings import Settings
+
+from .api_server import ApiServer
+from .httpd import free_port
+from .imds_server import LocalImds
+from .pollers import Every, QueuePoller, StreamPoller
+from .provision import provision
+from .secrets import local_secret
 
 log = logging.getLogger(__name__)
 
-WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class QueuePoller:
-    """Drives a Lambda-style SQS handler: batches in, partial batch failures out."""
-
-    def __init__(self, clients: Clients, queue_name: str, handler: Callable[[dict[str, Any]], dict[str, Any]],
-                 stop: threading.Event) -> None:
-        self._clients, self._queue, self._handler, self._stop = clients, queue_name, handler, stop
-        self.thread = threading.Thread(target=self._run, name=f"poll-{queue_name}", daemon=True)
-
-    def _run(self) -> None:
-        sqs = self._clients.sqs
-        url = self._clients.queue_url(self._queue)
-        while not self._stop.is_set():
-            try:
-                out = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                                          AttributeNames=["All"])
-                messages = out.get("Messages", [])
-                if not messages:
-                    continue
-                event = {"Records": [
-                    {"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
-                     "attributes": m.get("Attributes", {}), "eventSource": "aws:sqs"} for m in messages
-                ]}
-                failed = {f["itemIdentifier"] for f in self._handler(event).get("batchItemFailures", [])}
-                done = [m for m in messages if m["MessageId"] not in failed]
-                if done:
-                    sqs.delete_message_batch(QueueUrl=url, Entries=[
-                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)])
-            except Exception:  # noqa: BLE001 - keep polling, like the event source mapping
-                log.exception("queue poller error", extra={"queue": self._queue})
-                self._stop.wait(1.0)
-
-
-class StreamPoller:
-    """Drives a Lambda-style DynamoDB stream handler over every shard of a table's stream."""
-
-    def __init__(self, clients: Clients, stream_arn: str, handler: Callable[[dict[str, Any]], dict[str, Any]],
-                 stop: threading.Event, retries: int = 3) -> None:
-        self._clients, self._arn, self._handler, self._stop = clients, stream_arn, handler, stop
-        self._retries = retries
-        self.thread = threading.Thread(target=self._run, name="poll-stream", daemon=True)
-
-    def _run(self) -> None:
-        streams = self._clients.dynamodbstreams
-        iterators: dict[str, str | None] = {}
-        while not self._stop.is_set():
-            try:
-                shards = streams.describe_stream(StreamArn=self._arn)["StreamDescription"]["Shards"]
-                for shard in shards:
-                    sid = shard["ShardId"]
-                    if sid not in iterators:
-                        iterators[sid] = streams.get_shard_iterator(
-                            StreamArn=self._arn, ShardId=sid, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-                busy = False
-                for sid, it in list(iterators.items()):
-                    if it is None:
-                        continue
-                    out = streams.get_records(ShardIterator=it, Limit=100)
-                    iterators[sid] = out.get("NextShardIterator")
-                    records = out.get("Records", [])
-                    if records:
-                        busy = True
-                        self._deliver(records)
-                if not busy:
-                    self._stop.wait(0.3)
-            except Exception:  # noqa: BLE001
-                log.exception("stream poller error")
-                self._stop.wait(1.0)
-
-    def _deliver(self, records: list[dict[str, Any]]) -> None:
-        pending = records
-        for attempt in range(self._retries + 1):
-            failed = {f["itemIdentifier"] for f in self._handler({"Records": pending}).get("batchItemFailures", [])}
-            if not failed:
-                return
-            # Like Lambda with ReportBatchItemFailures: retry from the first failed record.
-            first = next(i for i, r in enumerate(pending) if r["dynamodb"].get("SequenceNumber") in failed)
-            pending = pending[first:]
-            self._stop.wait(0.5 * (attempt + 1))
-        log.error("stream records dropped after retries", extra={"count": len(pending)})
-
-
-class Every:
-    """Calls ``action`` every ``interval_s`` seconds: the local stand-in for a scheduled Lambda."""
-
-    def __init__(self, interval_s: float, action: Callable[[], Any], stop: threading.Event, *, name: str) -> None:
-        self._interval, self._action, self._stop = interval_s, action, stop
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._action()
-            except Exception:  # noqa: BLE001 - the next tick retries
-                log.exception("scheduled task failed", extra={"task": self.thread.name})
-
-
-class ApiServer:
-    """HTTP front door: ``/api/*`` -> ``dispatcher.api.handle`` (API Gateway v2 events); the rest -> ``web/``."""
-
-    def __init__(self, handler: Callable[[dict[str, Any]], dict[str, Any]], port: int = 0,
-                 web_root: Path = WEB_ROOT) -> None:
-        api_handler = handler
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _api(self, method: str) -> None:
-                parts = urlsplit(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                event = {
-                    "version": "2.0",
-                    "rawPath": parts.path[len("/api"):] or "/",
-                    "rawQueryString": parts.query,
-                    "queryStringParameters": dict(parse_qsl(parts.query)) or None,
-                    "headers": {k.lower(): v for k, v in self.headers.items()},
-                    "requestContext": {"http": {"method": method, "path": parts.path[len("/api"):]}},
-                    "body": base64.b64encode(body).decode() if body else None,
-                    "isBase64Encoded": bool(body),
-                }
-                try:
-                    out = api_handler(event)
-                except Exception:  # noqa: BLE001 - API Gateway answers 500 for a crashed Lambda
-                    log.exception("api handler crashed")
-                    out = {"statusCode": 500, "headers": {"content-type": "application/json"},
-                           "body": json.dumps({"error": "internal", "message": "internal error"})}
-                self._reply(out["statusCode"], out.get("headers", {}), (out.get("body") or "").encode())
-
-            def _static(self) -> None:
-                path = urlsplit(self.path).path
-                rel = "index.html" if path in ("", "/") else path.lstrip("/")
-                target = (web_root / rel).resolve()
-                if web_root.resolve() not in target.parents or not target.is_file():
-                    self._reply(404, {"Content-Type": "text/plain"}, b"not found")
-                    return
-                ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-                self._reply(200, {"Content-Type": ctype, "Cache-Control": "no-cache"}, target.read_bytes())
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._api("GET") if self.path.startswith("/api/") else self._static()
-
-            def do_POST(self) -> None:  # noqa: N802
-                self._api("POST") if self.path.startswith("/api/") else self._reply(405, {}, b"")
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="api", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    def start(self) -> "ApiServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 class LocalStack:
@@ -272,20 +93,17 @@ class LocalStack:
         self.alert_inbox_url = self._subscribe_inbox()
 
         from dispatcher import api, ingest, sweeper, triage
+        from dispatcher.deps import HandlerDeps
 
-        ingest_deps = ingest.Ingest(self.clients)
-        triage_deps = triage.Triage(self.clients)
-        api_deps = api.Api(self.clients)
-        self._api = ApiServer(lambda e: api.handle(e, api_deps), port=api_port).start()
+        deps = HandlerDeps(self.clients)
+        self._api = ApiServer(lambda e: api.handle(e, deps), port=api_port).start()
         pollers = [
-            QueuePoller(self.clients, self.settings.ingest_queue.name, lambda e: ingest.handle(e, ingest_deps),
+            QueuePoller(self.clients, self.settings.ingest_queue.name, lambda e: ingest.handle(e, deps),
                         self.stop_event).thread,
-            StreamPoller(self.clients, self.resources["stream_arn"], lambda e: triage.handle(e, triage_deps),
+            StreamPoller(self.clients, self.resources["stream_arn"], lambda e: triage.handle(e, deps),
                          self.stop_event).thread,
+            Every(self.sweep_interval_s, lambda: sweeper.handle({}, deps), self.stop_event, name="sweeper").thread,
         ]
-        sweeper_deps = sweeper.Sweeper(self.clients)
-        pollers.append(Every(self.sweep_interval_s, lambda: sweeper.handle({}, sweeper_deps), self.stop_event,
-                             name="sweeper").thread)
         for t in pollers:
             t.start()
         self._pollers = pollers
