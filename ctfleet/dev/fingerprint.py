@@ -36,6 +36,7 @@ def analyze_digests(study: Path, work: Path) -> dict[str, Any]:
     subprocess.run([sys.executable, "-m", "ctfleet", "analyze", str(study), "--out", str(out), "--device", "cpu"],
                    capture_output=True, check=True)
     img = nib.load(str(out / "labels.nii.gz"))
+    assert isinstance(img, nib.Nifti1Image)
     labels = np.asarray(img.dataobj)
     report = json.loads((out / "report.json").read_text())
     report.pop("timings_s", None)
