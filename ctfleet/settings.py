@@ -36,6 +36,10 @@ class Env:
     UPLOAD_EXPIRY_S = "CTFLEET_UPLOAD_EXPIRY_S"
     HOME = "CTFLEET_HOME"
     MODEL_CACHE = "CTFLEET_MODEL_CACHE"
+    FLEET_MAX = "CTFLEET_FLEET_MAX"
+    FLEET_BOOT_S = "CTFLEET_FLEET_BOOT_S"
+    FLEET_IDLE_GRACE_S = "CTFLEET_FLEET_IDLE_GRACE_S"
+    FLEET_HORIZON_S = "CTFLEET_FLEET_HORIZON_S"
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,42 @@ class TableSpec:
     ttl_attribute: str | None = None
 
 
+# Studies per minute one instance of each type analyses (model 0.3, ~400-slice chest CT,
+# measured or estimated from the CPU benchmark scaled by GPU throughput); the scaler sizes
+# the fleet with these. An unknown type counts as the slowest.
+THROUGHPUT_PER_MIN = {
+    "g4dn.xlarge": 1.5,
+    "g4dn.2xlarge": 1.8,
+    "g5.xlarge": 2.5,
+    "g5.2xlarge": 3.0,
+    "g6.xlarge": 2.5,
+}
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """The spot GPU Auto Scaling group and how the scaler sizes it."""
+
+    group_name: str
+    max_size: int
+    instance_types: tuple[str, ...]
+    # Seconds from launch until a worker takes its first job (AMI boot, container start, model load).
+    boot_s: float
+    # Idle machines are kept this long after the last work, then the group goes back to zero.
+    idle_grace_s: float
+    # Backfill is sized to drain within this horizon.
+    backfill_horizon_s: float
+    # Share of the maximum that backfill may never take, so urgent work finds a machine
+    # free or booting (floor: a group of 2 lets backfill use both; of 10, keeps 1).
+    urgent_reserve_fraction: float = 0.1
+    # Seconds between scheduled scaler passes (ingest also nudges it at once for urgent work).
+    interval_s: float = 60.0
+
+    def throughput_per_min(self, instance_type: str) -> float:
+        """Studies per minute of one instance of ``instance_type``."""
+        return THROUGHPUT_PER_MIN.get(instance_type, min(THROUGHPUT_PER_MIN.values()))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the runtime and ``infra/`` need to agree on."""
@@ -109,6 +149,12 @@ class Settings:
     upload_expiry_s: int = 24 * 3600
     # Raw (PHI) objects are deleted after ingest; the lifecycle rule is the backstop.
     raw_expiry_days: int = 2
+    # The fleet: at most this many GPU instances; boot time and idle grace before scale-in to zero.
+    fleet_max: int = 2
+    fleet_boot_s: float = 60.0
+    fleet_idle_grace_s: float = 300.0
+    # A backfill is sized to drain within this long.
+    fleet_backfill_horizon_s: float = 3600.0
     message_version: int = 1
 
     # -- construction -----------------------------------------------------------------
@@ -139,6 +185,10 @@ class Settings:
             upload_expiry_s=int(env.get(Env.UPLOAD_EXPIRY_S, base.upload_expiry_s)),
             home=env.get(Env.HOME, base.home),
             model_cache_dir=env.get(Env.MODEL_CACHE, base.model_cache_dir),
+            fleet_max=int(env.get(Env.FLEET_MAX, base.fleet_max)),
+            fleet_boot_s=float(env.get(Env.FLEET_BOOT_S, base.fleet_boot_s)),
+            fleet_idle_grace_s=float(env.get(Env.FLEET_IDLE_GRACE_S, base.fleet_idle_grace_s)),
+            fleet_backfill_horizon_s=float(env.get(Env.FLEET_HORIZON_S, base.fleet_backfill_horizon_s)),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -163,6 +213,10 @@ class Settings:
             Env.UPLOAD_EXPIRY_S: str(self.upload_expiry_s),
             Env.HOME: self.home,
             Env.MODEL_CACHE: self.model_cache_dir,
+            Env.FLEET_MAX: str(self.fleet_max),
+            Env.FLEET_BOOT_S: repr(self.fleet_boot_s),
+            Env.FLEET_IDLE_GRACE_S: repr(self.fleet_idle_grace_s),
+            Env.FLEET_HORIZON_S: repr(self.fleet_backfill_horizon_s),
         }
         if self.endpoint_url:
             env[Env.ENDPOINT] = self.endpoint_url
@@ -248,6 +302,19 @@ class Settings:
     @property
     def tables(self) -> tuple[TableSpec, TableSpec]:
         return (self.studies_table, self.uploads_table)
+
+    @property
+    def fleet(self) -> FleetSpec:
+        """The spot GPU group (``{stack}-fleet``) and its sizing."""
+        return FleetSpec(group_name=f"{self.stack}-fleet", max_size=self.fleet_max,
+                         instance_types=(self.instance_type,), boot_s=self.fleet_boot_s,
+                         idle_grace_s=self.fleet_idle_grace_s, backfill_horizon_s=self.fleet_backfill_horizon_s)
+
+    @property
+    def scaler_queue(self) -> QueueSpec:
+        """Nudges to the scaler (ingest sends one right after it queues urgent work)."""
+        return QueueSpec(f"{self.stack}-scaler", visibility_timeout_s=60, long_poll_s=1, max_receive_count=3,
+                         retention_s=3600)
 
     @property
     def alerts_topic(self) -> str:

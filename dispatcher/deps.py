@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ctfleet.aws.alerts import Alerts
 from ctfleet.aws.clients import Clients
+from ctfleet.aws.fleet import FleetGroup
 from ctfleet.aws.objects import Objects
 from ctfleet.aws.queues import Queue
 from ctfleet.aws.records import Table
@@ -32,6 +33,7 @@ class HandlerDeps:
     results: Objects = field(init=False)
     secrets: FacilitySecrets = field(init=False)
     alerts: Alerts = field(init=False)
+    fleet: FleetGroup = field(init=False)
 
     def __post_init__(self) -> None:
         c = self.clients
@@ -43,6 +45,7 @@ class HandlerDeps:
         self.results = Objects(c.s3, s.results_bucket)
         self.secrets = FacilitySecrets(c.secrets, s.facility_secret_name)
         self.alerts = Alerts(self.studies, c.sns, lambda: c.topic_arn(s.alerts_topic), s.api_url)
+        self.fleet = FleetGroup(c.autoscaling, s.fleet.group_name)
 
     def queue(self, name: str) -> Queue:
         """The queue called ``name`` (its URL looked up once per process)."""

@@ -26,6 +26,7 @@ from ctfleet.aws.records import iso, now
 from ctfleet.contracts import (
     JobMessage,
     Manifest,
+    Priority,
     Reason,
     Status,
     UploadStatus,
@@ -34,7 +35,7 @@ from ctfleet.contracts import (
     s3_event_keys,
     study_prefix,
 )
-from ctfleet.errors import BadInput
+from ctfleet.errors import BadInput, CtfleetError
 from ctfleet.intake import PreparedStudy, prepare_study
 
 from .deps import HandlerDeps
@@ -147,12 +148,26 @@ def _ingest(deps: HandlerDeps, facility: str, upload_id: str) -> str:
     if registered.job is not None:
         deps.queue(s.job_queue(registered.job.priority).name).send(
             registered.job.to_json(), {"priority": registered.job.priority})
+        if registered.job.priority == Priority.URGENT:
+            nudge_scaler(deps)
     elif registered.duplicate_of is not None:
         log.info("duplicate study; no new job", extra={"study_key": job.study_key, "upload_id": upload_id})
         deps.uploads.note_duplicate(upload_id, registered.duplicate_of)
     deps.uploads.finish(upload_id, UploadStatus.QUEUED, study_key=study.study_key)
     deps.raw.delete_prefix(raw_prefix(facility, upload_id))
     return UploadStatus.QUEUED
+
+
+def nudge_scaler(deps: HandlerDeps) -> None:
+    """Ask the scaler for a pass now, not at its next minute: urgent work may wait on a fleet at zero.
+
+    Best effort: the scheduled pass comes within a minute anyway, so a nudge that
+    cannot be sent is logged, never an ingest failure.
+    """
+    try:
+        deps.queue(deps.settings.scaler_queue.name).send('{"nudge": "urgent"}')
+    except CtfleetError as exc:
+        log.warning("could not nudge the scaler", extra={"reason": exc.reason, "detail": exc.detail})
 
 
 def study_item(job: JobMessage, upload_id: str, timings: dict[str, float], study: PreparedStudy) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The worker's receive loop, and the one place that settles a message.
 
-receive (urgent first) -> parse -> heartbeat -> :class:`worker.job.JobRunner` ->
-settle. Deleting is the last step, so a crash anywhere before it means the
+receive (urgent first) -> scale-in protection on -> parse -> heartbeat ->
+:class:`worker.job.JobRunner` -> settle; protection off when the queues are empty. Deleting is the last step, so a crash anywhere before it means the
 message comes back and the work is redone; results are overwritten in place
 and the DONE write is conditional, so doing it twice is harmless.
 
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from ctfleet.aws.fleet import Protection
 from ctfleet.aws.queues import Queue, receive_count
 from ctfleet.contracts import JobMessage
 from ctfleet.errors import BadInput, CtfleetError, Interrupted
@@ -58,6 +59,7 @@ class Worker:
     urgent: Queue
     backfill: Queue
     runner: JobRunner
+    protection: Protection | None = None  # scale-in protection of this instance: on while a job runs
     stop: threading.Event = field(default_factory=threading.Event)
     _current: Heartbeat | None = None
 
@@ -83,15 +85,21 @@ class Worker:
                 self.stop.wait(2.0)
                 continue
             if got is None:
+                self._protect(False)
                 if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                     break
                 continue
+            self._protect(True)
             self.handle(*got)
             handled += 1
             idle_since = time.monotonic()
             if max_jobs is not None and handled >= max_jobs:
                 break
         return handled
+
+    def _protect(self, on: bool) -> None:
+        if self.protection is not None:
+            self.protection.set(on)
 
     def interrupt(self) -> None:
         """A spot notice: stop receiving, and hand the current job back at once."""

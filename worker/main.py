@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ctfleet.aws.clients import Clients
+from ctfleet.aws.fleet import FleetGroup, Protection
 from ctfleet.aws.imds import Imds
 from ctfleet.aws.objects import Objects
 from ctfleet.aws.queues import Queue
@@ -60,7 +61,9 @@ def build_worker(settings: Settings, clients: Clients, imds: Imds) -> Worker:
     queues = {spec.name: Queue(clients.sqs, clients.queue_url(spec.name), spec.name)
               for spec in (settings.urgent_queue, settings.backfill_queue)}
     return Worker(settings=settings, urgent=queues[settings.urgent_queue.name],
-                  backfill=queues[settings.backfill_queue.name], runner=runner)
+                  backfill=queues[settings.backfill_queue.name], runner=runner,
+                  protection=Protection(FleetGroup(clients.autoscaling, settings.fleet.group_name),
+                                        instance.instance_id))
 
 
 def main(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:

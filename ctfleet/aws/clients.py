@@ -45,6 +45,9 @@ class Clients:
     sns = _Service("sns")
     secrets = _Service("secretsmanager")
     logs = _Service("logs")
+    autoscaling = _Service("autoscaling")
+    ec2 = _Service("ec2")
+    cloudwatch = _Service("cloudwatch")
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -45,6 +45,15 @@ class Queue:
         with sorted_errors(f"sqs:{self.name}"):
             self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=receipt)
 
+    @retrying
+    def depth(self) -> tuple[int, int]:
+        """``(visible, in flight)``: messages waiting, and messages received but not yet deleted."""
+        with sorted_errors(f"sqs:{self.name}"):
+            attrs = self.sqs.get_queue_attributes(
+                QueueUrl=self.url,
+                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
     def set_visibility(self, receipt: str, seconds: int) -> None:
         """Keep a received message invisible for ``seconds`` more (0: visible again now)."""
         with sorted_errors(f"sqs:{self.name}"):

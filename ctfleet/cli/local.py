@@ -20,19 +20,25 @@ def up(args: argparse.Namespace, settings: Settings) -> int:
     # ignored (a background job of a non-interactive shell).
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stack = LocalStack(settings, workers=args.workers, api_port=args.port).start()
+    stack = LocalStack(settings, fleet_max=args.fleet_max, boot_s=args.boot_delay, api_port=args.port).start()
     try:
-        print(f"local: stack up with {args.workers} worker(s); Ctrl-C stops it", file=sys.stderr)
+        print(f"local: stack up, fleet of 0..{args.fleet_max} instance(s) ({args.boot_delay:g} s boot); "
+              "Ctrl-C stops it", file=sys.stderr)
         print(json.dumps(stack.urls()), flush=True)
+        size = 0
         while not stop.wait(1.0):
-            for i, proc in enumerate(stack.workers):
-                if proc.poll() is not None:
-                    print(f"local: worker {i} exited ({proc.returncode}); starting a new one", file=sys.stderr)
-                    stack.start_worker(i)
+            size = _report_fleet(stack, size)
         print("local: stopping", file=sys.stderr)
     finally:
         stack.stop()
     return 0
+
+
+def _report_fleet(stack: LocalStack, last: int) -> int:
+    size = stack.fleet.size if stack.fleet is not None else 0
+    if size != last:
+        print(f"local: fleet {size} instance(s)", file=sys.stderr)
+    return size
 
 
 def demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -41,4 +47,17 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     for folder in args.folders:
         if not folder.is_dir():
             raise BadInput(Reason.NO_INPUT, f"{folder} is not a folder")
-    return demo_main(settings, list(args.folders), workers=args.workers, timeout_s=args.timeout)
+    return demo_main(settings, list(args.folders), fleet_max=args.fleet_max, timeout_s=args.timeout)
+
+
+def scale(args: argparse.Namespace, settings: Settings) -> int:
+    """``ctfleet scale [--dry-run]``: one scaler pass against the configured endpoint; the Decision last."""
+    from ctfleet.aws.clients import Clients
+    from dispatcher.deps import HandlerDeps
+    from dispatcher.scaler import scale as one_pass
+
+    decision = one_pass(HandlerDeps(Clients(settings)), dry_run=args.dry_run)
+    print(f"scale: capacity {decision.capacity} ({decision.reason})" + (" [dry run]" if args.dry_run else ""),
+          file=sys.stderr)
+    print(decision.to_json())
+    return 0

@@ -41,13 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("local", help="the whole stack on this machine")
     local_sub = p.add_subparsers(dest="local_command", required=True, metavar="ACTION")
     up = local_sub.add_parser("up", help="run moto, the handlers, the workers and the web page until Ctrl-C")
-    up.add_argument("--workers", type=int, default=1)
+    up.add_argument("--fleet-max", type=int, default=2, help="most instances the fleet may grow to (from 0)")
+    up.add_argument("--boot-delay", type=float, default=5.0, help="seconds an instance takes to boot")
     up.add_argument("--port", type=int, default=8080, help="port of the web page and API (0: any free port)")
 
     p = sub.add_parser("demo", help="send synthetic studies (and any folders given) from upload to alert")
     p.add_argument("folders", nargs="*", type=Path, help="extra study folders to send")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--fleet-max", type=int, default=2, help="most instances the fleet may grow to (from 0)")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for every study")
+
+    p = sub.add_parser("scale", help="one scaler pass: size the GPU fleet from the queues")
+    p.add_argument("--dry-run", action="store_true", help="decide and print, change nothing")
 
     p = sub.add_parser("worker", help="the job loop of one GPU instance")
     p.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs")
@@ -100,6 +104,12 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return demo(args, settings)
 
 
+def _scale(args: argparse.Namespace, settings: Settings) -> int:
+    from .local import scale
+
+    return scale(args, settings)
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.main import main as worker_main
 
@@ -111,5 +121,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "deid": _deid,
     "local up": _local_up,
     "demo": _demo,
+    "scale": _scale,
     "worker": _worker,
 }

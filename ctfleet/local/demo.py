@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,39 +54,79 @@ def folder_study(folder: Path) -> DemoStudy:
                      files=[(p.relative_to(folder).as_posix(), p.read_bytes()) for p in files])
 
 
-def run_demo(settings: Settings, folders: list[Path], *, workers: int = 1, timeout_s: float = 240.0,
+DEMO_IDLE_GRACE_S = 10.0  # the demo waits this long after the last work for the fleet to return to zero
+DEMO_BOOT_S = 5.0
+
+
+def run_demo(settings: Settings, folders: list[Path], *, fleet_max: int = 2, timeout_s: float = 240.0,
              err: IO[str] = sys.stderr, worker_log: Path | None = None) -> dict[str, Any]:
-    """Start the local stack, push every study through it, stop it; returns the summary."""
-    from ctfleet.local.stack import LocalStack
+    """Start the local stack with a fleet at zero, push every study through it, wait for the fleet
+    to return to zero, stop; returns the summary."""
     from ctfleet.cli.client import ApiClient
+    from ctfleet.local.stack import LocalStack
 
     started = time.monotonic()
     studies = phantom_studies() + [folder_study(f) for f in folders]
     facility = settings.facilities[0]
-    print(f"demo: starting the local stack with {workers} worker(s)", file=err)
-    with LocalStack(settings, workers=workers, worker_log=worker_log) as stack:
+    settings = replace(settings, fleet_idle_grace_s=DEMO_IDLE_GRACE_S)
+    print(f"demo: starting the local stack with a fleet of 0..{fleet_max} ({DEMO_BOOT_S:g} s boot)", file=err)
+    with LocalStack(settings, fleet_max=fleet_max, boot_s=DEMO_BOOT_S, worker_log=worker_log) as stack:
+        watch = FleetWatch(stack, err)
         api = ApiClient(stack.api_url + "/api")
-        pending: dict[str, DemoStudy] = {}
+        pending: dict[str, tuple[DemoStudy, float]] = {}
         for study in studies:
             up = api.upload(facility, study.files)
-            pending[up.upload_id] = study
+            pending[up.upload_id] = (study, time.monotonic())
             print(f"demo: uploaded {study.label}: {up.files} files, {up.size_bytes / 1e6:.1f} MB", file=err)
-        outcomes: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            for upload_id, study in list(pending.items()):
-                state = api.wait(upload_id, timeout_s=0.0)
-                if state["final"]:
-                    outcomes[upload_id] = state
-                    del pending[upload_id]
-                    print("demo: " + describe(study, state), file=err)
-            time.sleep(0.5)
+        outcomes, first_result_s = _follow(api, pending, watch, timeout_s, err)
         highs = sum(1 for s in outcomes.values() if (s["study"] or {}).get("triage_level") == "HIGH")
         alerts = collect_alerts(stack, expected=highs)
+        watch.wait_for_zero(DEMO_IDLE_GRACE_S + stack.scaler_interval_s + 30.0)
     summary = summarize(studies, outcomes, alerts, lost=len(pending), seconds=time.monotonic() - started)
-    for study in pending.values():
+    summary.update(fleet_peak=watch.peak, fleet_end=watch.size, first_result_s=first_result_s)
+    for study, _ in pending.values():
         print(f"demo: LOST {study.label}: no final state within {timeout_s:.0f} s", file=err)
     return summary
+
+
+class FleetWatch:
+    """Prints the fleet's size as it changes, and keeps its peak."""
+
+    def __init__(self, stack: Any, err: IO[str]) -> None:
+        self.stack, self.err = stack, err
+        self.size = self.peak = 0
+
+    def poll(self) -> int:
+        size = self.stack.fleet.size
+        if size != self.size:
+            print(f"demo: fleet {size} instance(s)", file=self.err)
+        self.size, self.peak = size, max(self.peak, size)
+        return size
+
+    def wait_for_zero(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.poll() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def _follow(api: Any, pending: dict[str, tuple[DemoStudy, float]], watch: FleetWatch, timeout_s: float,
+            err: IO[str]) -> tuple[dict[str, dict[str, Any]], float | None]:
+    """Poll until every upload is final (or the timeout); the outcomes, and upload-to-DONE of the first study."""
+    outcomes: dict[str, dict[str, Any]] = {}
+    first_result_s: float | None = None
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        watch.poll()
+        for upload_id, (study, sent_at) in list(pending.items()):
+            state = api.wait(upload_id, timeout_s=0.0)
+            if state["final"]:
+                outcomes[upload_id] = state
+                del pending[upload_id]
+                if first_result_s is None and (state["study"] or {}).get("status") == "DONE":
+                    first_result_s = round(time.monotonic() - sent_at, 1)
+                print("demo: " + describe(study, state), file=err)
+        time.sleep(0.5)
+    return outcomes, first_result_s
 
 
 def collect_alerts(stack: Any, *, expected: int, settle_s: float = 3.0, timeout_s: float = 30.0) -> list[dict[str, Any]]:
@@ -138,7 +178,7 @@ def summarize(studies: list[DemoStudy], outcomes: dict[str, dict[str, Any]], ale
     }
 
 
-def main(settings: Settings, folders: list[Path], *, workers: int = 1, timeout_s: float = 240.0) -> int:
-    summary = run_demo(settings, folders, workers=workers, timeout_s=timeout_s)
+def main(settings: Settings, folders: list[Path], *, fleet_max: int = 2, timeout_s: float = 240.0) -> int:
+    summary = run_demo(settings, folders, fleet_max=fleet_max, timeout_s=timeout_s)
     print(json.dumps(summary))
     return 1 if summary["lost"] or summary["failed"] else 0

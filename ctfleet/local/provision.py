@@ -44,7 +44,9 @@ def provision(clients: Clients, facility_secrets: dict[str, bytes] | None = None
         arn = _create_table(clients, table)
         if table.stream_view_type:
             out["stream_arn"] = arn
+    out["queues"][s.scaler_queue.name] = _create_queue(clients, s.scaler_queue)
     out["topic_arn"] = clients.sns.create_topic(Name=s.alerts_topic)["TopicArn"]
+    _create_fleet(clients, s)
     _notify_on_manifest(clients, s, out["queues"][s.ingest_queue.name])
     for facility in s.facilities:
         secret = (facility_secrets or {}).get(facility) or pysecrets.token_hex(32).encode()
@@ -155,3 +157,22 @@ def _notify_on_manifest(clients: Clients, s: Settings, ingest_url: str) -> None:
             ]
         },
     )
+
+
+def _create_fleet(clients: Clients, s: Settings) -> None:
+    """The GPU Auto Scaling group, min 0 and at zero, from a launch template (any AMI does locally)."""
+    spec = s.fleet
+    ec2, autoscaling = clients.ec2, clients.autoscaling
+    template = f"{spec.group_name}-template"
+    if not ec2.describe_launch_templates(Filters=[{"Name": "launch-template-name", "Values": [template]}])[
+            "LaunchTemplates"]:
+        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        ec2.create_launch_template(LaunchTemplateName=template, LaunchTemplateData={
+            "ImageId": image, "InstanceType": spec.instance_types[0],
+            "InstanceMarketOptions": {"MarketType": "spot"}})
+    if autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[spec.group_name])["AutoScalingGroups"]:
+        return
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName=spec.group_name, MinSize=0, MaxSize=spec.max_size, DesiredCapacity=0,
+        LaunchTemplate={"LaunchTemplateName": template, "Version": "$Latest"},
+        AvailabilityZones=[f"{s.region}a"], NewInstancesProtectedFromScaleIn=False)

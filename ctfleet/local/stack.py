@@ -20,20 +20,19 @@ import json
 import logging
 import os
 import secrets as pysecrets
-import signal
 import subprocess
-import sys
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ctfleet.aws.clients import Clients
+from ctfleet.aws.fleet import FleetGroup
 from ctfleet.settings import Settings
 
 from .api_server import ApiServer
 from .httpd import free_port
+from .fleet import LocalFleet, LocalInstance
 from .imds_server import LocalImds
 from .pollers import Every, QueuePoller, StreamPoller
 from .provision import provision
@@ -51,26 +50,39 @@ class LocalStack:
     ----------
     settings : Settings
         Read once by the caller; endpoints are filled in here.
+    fleet_max : int, optional
+        Run the fleet as on AWS: an Auto Scaling group in moto (min 0, this max),
+        sized by the scaler on its schedule and on ingest's nudges, followed by a
+        :class:`~ctfleet.local.fleet.LocalFleet` that boots one worker per instance
+        after ``boot_s``.
     workers : int
-        ``ctfleet worker`` subprocesses to run (one per "instance").
+        Without ``fleet_max``: this many always-on workers and no scaler (tests
+        that need an instance up before they start).
     api_port : int
         0 picks a free port.
+    worker_log : Path, optional
+        Every worker's stdout/stderr appended to this file; by default one file
+        per instance under ``{CTFLEET_HOME}/logs/``.
     """
 
-    def __init__(self, settings: Settings, *, workers: int = 1, api_port: int = 0,
-                 worker_log: Path | None = None, sweep_interval_s: float = 60.0) -> None:
+    def __init__(self, settings: Settings, *, workers: int = 1, fleet_max: int | None = None, boot_s: float = 5.0,
+                 scaler_interval_s: float = 5.0, api_port: int = 0, worker_log: Path | None = None,
+                 sweep_interval_s: float = 60.0) -> None:
+        if fleet_max is not None:
+            settings = replace(settings, fleet_max=fleet_max, fleet_boot_s=boot_s)
         self.base_settings = settings
-        self.n_workers = workers
+        self.fleet_mode = fleet_max is not None
+        self.n_workers = 0 if self.fleet_mode else workers
+        self.scaler_interval_s = scaler_interval_s
         self.api_port = api_port
         self.worker_log = worker_log
         self.sweep_interval_s = sweep_interval_s
         self.stop_event = threading.Event()
-        self.workers: list[subprocess.Popen[bytes]] = []
-        self.imds: list[LocalImds] = []
+        self.instances: list[LocalInstance] = []
+        self.fleet: LocalFleet | None = None
         self._moto: Any = None
         self._api: ApiServer | None = None
         self._pollers: list[threading.Thread] = []
-        self._log_files: list[Any] = []
         self.resources: dict[str, Any] = {}
 
     # -- lifecycle ------------------------------------------------------------------
@@ -91,25 +103,44 @@ class LocalStack:
         self.resources = provision(self.clients, {f: local_secret(self.settings, f) for f in self.settings.facilities},
                                    web_origins=(str(self.settings.api_url),))
         self.alert_inbox_url = self._subscribe_inbox()
+        self._start_handlers(api_port)
+        for i in range(self.n_workers):
+            self.start_worker(i)
+        if self.fleet_mode:
+            self.fleet = LocalFleet(FleetGroup(self.clients.autoscaling, self.settings.fleet.group_name),
+                                    self.worker_env, boot_s=self.settings.fleet_boot_s,
+                                    log_dir=self.log_dir, shared_log=self.worker_log).start()
+        return self
 
-        from dispatcher import api, ingest, sweeper, triage
+    def _start_handlers(self, api_port: int) -> None:
+        from dispatcher import api, ingest, scaler, sweeper, triage
         from dispatcher.deps import HandlerDeps
 
         deps = HandlerDeps(self.clients)
         self._api = ApiServer(lambda e: api.handle(e, deps), port=api_port).start()
-        pollers = [
-            QueuePoller(self.clients, self.settings.ingest_queue.name, lambda e: ingest.handle(e, deps),
-                        self.stop_event).thread,
+        s = self.settings
+        pollers: list[QueuePoller | StreamPoller | Every] = [
+            QueuePoller(self.clients, s.ingest_queue.name, lambda e: ingest.handle(e, deps), self.stop_event),
             StreamPoller(self.clients, self.resources["stream_arn"], lambda e: triage.handle(e, deps),
-                         self.stop_event).thread,
-            Every(self.sweep_interval_s, lambda: sweeper.handle({}, deps), self.stop_event, name="sweeper").thread,
+                         self.stop_event),
+            Every(self.sweep_interval_s, lambda: sweeper.handle({}, deps), self.stop_event, name="sweeper"),
         ]
-        for t in pollers:
-            t.start()
-        self._pollers = pollers
-        for i in range(self.n_workers):
-            self.start_worker(i)
-        return self
+        if self.fleet_mode:
+            one_pass = threading.Lock()  # the schedule and the nudges never run two passes at once
+
+            def scale(event: dict[str, Any]) -> dict[str, Any]:
+                with one_pass:
+                    return scaler.handle(event, deps)
+
+            pollers += [QueuePoller(self.clients, s.scaler_queue.name, scale, self.stop_event),
+                        Every(self.scaler_interval_s, lambda: scale({}), self.stop_event, name="scaler")]
+        for poller in pollers:
+            poller.thread.start()
+        self._pollers = [p.thread for p in pollers]
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.settings.home).expanduser() / "logs" / self.settings.stack
 
     def _subscribe_inbox(self) -> str:
         """An SQS queue subscribed to the alerts topic: the local stand-in for the on-call pager."""
@@ -127,44 +158,42 @@ class LocalStack:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
-    def start_worker(self, index: int) -> subprocess.Popen[bytes]:
-        imds = LocalImds(instance_id=f"i-local{index:04d}{pysecrets.token_hex(4)}",
-                         instance_type=self.settings.instance_type).start()
-        out: Any = subprocess.DEVNULL
-        if self.worker_log is not None:
-            out = open(self.worker_log, "ab")  # noqa: SIM115 - closed in stop()
-            self._log_files.append(out)
-        proc = subprocess.Popen([sys.executable, "-m", "ctfleet", "worker"], env=self.worker_env(imds.url),
-                                stdout=out, stderr=out, start_new_session=True)
-        if index < len(self.workers):
-            self.workers[index], self.imds[index] = proc, imds
+    # -- always-on workers (without a fleet) -----------------------------------------
+
+    @property
+    def workers(self) -> list[subprocess.Popen[bytes]]:
+        return [i.proc for i in self.instances]
+
+    @property
+    def imds(self) -> list[LocalImds]:
+        return [i.imds for i in self.instances]
+
+    def start_worker(self, index: int) -> LocalInstance:
+        """Start (or restart, closing the old one's IMDS) always-on worker ``index``."""
+        instance_id = f"i-local{index:04d}{pysecrets.token_hex(4)}"
+        path = self.worker_log or self.log_dir / f"worker-{instance_id}.log"
+        instance = LocalInstance(instance_id, self.settings.instance_type, self.worker_env, path)
+        if index < len(self.instances):
+            old, self.instances[index] = self.instances[index], instance
+            old.close(timeout_s=1.0)
         else:
-            self.workers.append(proc)
-            self.imds.append(imds)
-        return proc
+            self.instances.append(instance)
+        return instance
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self.stop_event.set()
-        for proc in self.workers:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        for proc in self.workers:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if self.fleet is not None:
+            self.fleet.stop(timeout_s)
+        for instance in self.instances:
+            instance.terminate()
+        for instance in self.instances:
+            instance.close(timeout_s)
         for t in self._pollers:
             t.join(timeout=5)
         if self._api:
             self._api.stop()
-        for imds in self.imds:
-            imds.stop()
         if self._moto:
             self._moto.stop()
-        for f in self._log_files:
-            f.close()
 
     def __enter__(self) -> "LocalStack":
         return self.start()

@@ -116,6 +116,8 @@ def test_demo_command_runs_upload_to_alert(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary == {**summary, "studies": 2, "done": 2, "rejected": 0, "failed": 0, "alerts": 1, "lost": 0}
+    # The fleet started at zero, grew for the work, and went back to zero after the idle grace.
+    assert summary["fleet_peak"] >= 1 and summary["fleet_end"] == 0 and summary["first_result_s"] > 0
     assert "phantom-high: DONE" in proc.stderr and "triage=HIGH ok" in proc.stderr
 
 
@@ -124,7 +126,7 @@ def test_local_up_serves_the_page_and_stops_cleanly_on_sigterm():
     import urllib.request
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CTFLEET_", "AWS_ENDPOINT_URL"))}
-    proc = subprocess.Popen([sys.executable, "-m", "ctfleet", "local", "up", "--port", "0", "--workers", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "ctfleet", "local", "up", "--port", "0", "--fleet-max", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         urls = json.loads(proc.stdout.readline())
