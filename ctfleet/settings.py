@@ -40,6 +40,7 @@ class Env:
     FLEET_BOOT_S = "CTFLEET_FLEET_BOOT_S"
     FLEET_IDLE_GRACE_S = "CTFLEET_FLEET_IDLE_GRACE_S"
     FLEET_HORIZON_S = "CTFLEET_FLEET_HORIZON_S"
+    FLEET_HOOK_S = "CTFLEET_FLEET_HOOK_S"
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,13 @@ class FleetSpec:
     urgent_reserve_fraction: float = 0.1
     # Seconds between scheduled scaler passes (ingest also nudges it at once for urgent work).
     interval_s: float = 60.0
+    # The termination lifecycle hook holds a terminating instance this long (or until its worker
+    # completes the action): the job finishes if it ends well within it, else it is handed back.
+    termination_hook_s: float = 300.0
+
+    @property
+    def termination_hook(self) -> str:
+        return f"{self.group_name}-terminate"
 
     def throughput_per_min(self, instance_type: str) -> float:
         """Studies per minute of one instance of ``instance_type``."""
@@ -139,10 +147,15 @@ class Settings:
 
     # How long a received job stays invisible without a heartbeat: the time a
     # crashed worker's job waits before another worker gets it.
-    job_visibility_s: int = 120
+    job_visibility_s: int = 30
     # Seconds between visibility extensions; at most half the visibility
     # timeout (checked when the worker starts a job).
-    heartbeat_s: int = 30
+    heartbeat_s: int = 10
+    # A job that fails this many times ends FAILED. Hand-backs (spot reclaims, scale-in) and
+    # duplicate deliveries are not failures, so the queues' maxReceiveCount is larger: the
+    # dead-letter queue only catches jobs that kill their worker outright, every time.
+    job_max_failures: int = 3
+    job_max_receives: int = 10
     # How long a presigned upload URL stays valid, and how long an upload may
     # stay incomplete before it expires.
     upload_url_ttl_s: int = 3600
@@ -155,6 +168,8 @@ class Settings:
     fleet_idle_grace_s: float = 300.0
     # A backfill is sized to drain within this long.
     fleet_backfill_horizon_s: float = 3600.0
+    # How long the termination lifecycle hook holds a terminating instance.
+    fleet_termination_hook_s: float = 300.0
     message_version: int = 1
 
     # -- construction -----------------------------------------------------------------
@@ -189,6 +204,7 @@ class Settings:
             fleet_boot_s=float(env.get(Env.FLEET_BOOT_S, base.fleet_boot_s)),
             fleet_idle_grace_s=float(env.get(Env.FLEET_IDLE_GRACE_S, base.fleet_idle_grace_s)),
             fleet_backfill_horizon_s=float(env.get(Env.FLEET_HORIZON_S, base.fleet_backfill_horizon_s)),
+            fleet_termination_hook_s=float(env.get(Env.FLEET_HOOK_S, base.fleet_termination_hook_s)),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -217,6 +233,7 @@ class Settings:
             Env.FLEET_BOOT_S: repr(self.fleet_boot_s),
             Env.FLEET_IDLE_GRACE_S: repr(self.fleet_idle_grace_s),
             Env.FLEET_HORIZON_S: repr(self.fleet_backfill_horizon_s),
+            Env.FLEET_HOOK_S: repr(self.fleet_termination_hook_s),
         }
         if self.endpoint_url:
             env[Env.ENDPOINT] = self.endpoint_url
@@ -257,12 +274,12 @@ class Settings:
     @property
     def urgent_queue(self) -> QueueSpec:
         return QueueSpec(f"{self.stack}-urgent", visibility_timeout_s=self.job_visibility_s, long_poll_s=20,
-                         max_receive_count=3)
+                         max_receive_count=self.job_max_receives)
 
     @property
     def backfill_queue(self) -> QueueSpec:
         return QueueSpec(f"{self.stack}-backfill", visibility_timeout_s=self.job_visibility_s, long_poll_s=20,
-                         max_receive_count=3)
+                         max_receive_count=self.job_max_receives)
 
     @property
     def queues(self) -> tuple[QueueSpec, QueueSpec, QueueSpec]:
@@ -308,7 +325,8 @@ class Settings:
         """The spot GPU group (``{stack}-fleet``) and its sizing."""
         return FleetSpec(group_name=f"{self.stack}-fleet", max_size=self.fleet_max,
                          instance_types=(self.instance_type,), boot_s=self.fleet_boot_s,
-                         idle_grace_s=self.fleet_idle_grace_s, backfill_horizon_s=self.fleet_backfill_horizon_s)
+                         idle_grace_s=self.fleet_idle_grace_s, backfill_horizon_s=self.fleet_backfill_horizon_s,
+                         termination_hook_s=self.fleet_termination_hook_s)
 
     @property
     def scaler_queue(self) -> QueueSpec:

@@ -69,27 +69,30 @@ def settle_dead_letters(deps: HandlerDeps, *, batches: int = 10) -> int:
     for spec in s.queues:
         dlq = deps.queue(spec.dlq_name)
         for _ in range(batches):
-            messages = dlq.receive(max_messages=10)
+            messages = dlq.receive(max_messages=10)  # an unreadable one stays invisible for this sweep
             if not messages:
                 break
             for message in messages:
                 if spec.name == s.ingest_queue.name:
                     _fail_uploads(deps, message["Body"])
-                else:
-                    _fail_study(deps, message["Body"])
+                elif not _fail_study(deps, message["Body"]):
+                    continue  # unreadable: it stays in the dead-letter queue for people to look at
                 dlq.delete(message["ReceiptHandle"])
                 settled += 1
     return settled
 
 
-def _fail_study(deps: HandlerDeps, body: str) -> None:
+def _fail_study(deps: HandlerDeps, body: str) -> bool:
+    """Record the dead job's study FAILED; False (and the message kept) when the message is unreadable."""
     try:
         job = JobMessage.from_json(body)
-    except BadInput:
-        log.error("dropping a malformed dead letter")
-        return
+    except BadInput as exc:
+        log.error("an unreadable job message waits in the dead-letter queue",
+                  extra={"reason": Reason.MALFORMED_JOB, "detail": exc.detail})
+        return False
     if deps.studies.settle(job, Status.FAILED, Reason.TOO_MANY_ATTEMPTS):
         log.warning("study failed after every attempt", extra={"study_key": job.study_key})
+    return True
 
 
 def _fail_uploads(deps: HandlerDeps, body: str) -> None:

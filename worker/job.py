@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from decimal import Decimal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ctfleet.aws.objects import Objects
+from ctfleet.aws.pricing import Price
 from ctfleet.aws.repositories import Studies
 from ctfleet.contracts import JobMessage, Reason, Status
-from ctfleet.errors import BadInput, Fault, Interrupted
+from ctfleet.errors import BadInput, Fault, Interrupted, NotFound
 from ctfleet.intake import read_dataset, volume_from_series
 from model.registry import ModelError
 from model.volume import VolumeError
@@ -27,13 +29,19 @@ from .results import ResultWriter
 log = logging.getLogger(__name__)
 
 
+class InputMissing(Fault):
+    """The job's study objects are not in the studies bucket (deleted, or never written)."""
+
+
 @dataclass(frozen=True)
 class JobOutcome:
-    """How a job ended: the study's status (or that another attempt had settled it)."""
+    """How a job ended: the study's status, that another attempt had settled it, or that a live
+    worker holds it (``held_by``: this delivery waits)."""
 
     status: str
     study_key: str
     reason: str | None = None
+    held_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,8 @@ class Instance:
     instance_id: str
     instance_type: str
     device: str
-    price_per_hour_usd: float
+    market: str = "on-demand"  # or "spot"
+    zone: str = ""
 
 
 @dataclass
@@ -61,8 +70,14 @@ class JobRunner:
     model_version : str
     instance : Instance
     high_threshold : float
+    price : callable
+        The instance's hourly price now (:meth:`ctfleet.aws.pricing.Prices.per_hour`).
     interrupted : threading.Event
         Set by the spot watcher; checked between steps.
+    lease_s : float
+        How long a claim holds without a heartbeat (the job queue's visibility timeout).
+    max_failures : int
+        Failed attempts after which the study ends FAILED.
     """
 
     studies: Studies
@@ -73,6 +88,9 @@ class JobRunner:
     instance: Instance
     high_threshold: float
     interrupted: threading.Event
+    price: Callable[[], Price] = lambda: Price(0.0, "unknown")
+    lease_s: float = 30.0
+    max_failures: int = 3
 
     def run(self, job: JobMessage) -> JobOutcome:
         """Run ``job`` to a DONE or REJECTED record.
@@ -85,22 +103,39 @@ class JobRunner:
             Let SQS redeliver (the caller records FAILED on the last delivery).
         """
         t_start = time.perf_counter()
-        record = self.studies.claim(job, {"worker_instance": self.instance.instance_id,
-                                          "instance_type": self.instance.instance_type,
-                                          "device": self.instance.device})
-        if record is None:
-            status = str((self.studies.get(job.study_key) or {}).get("status", "MISSING"))
-            log.info("job already settled; dropping it", extra={"study_key": job.study_key, "status": status})
-            return JobOutcome(status, job.study_key, Reason.DUPLICATE_JOB)
+        claim = self.studies.claim(job, self.instance.instance_id,
+                                   {"instance_type": self.instance.instance_type, "device": self.instance.device,
+                                    "market": self.instance.market},
+                                   lease_s=self.lease_s)
+        if claim.held_by is not None:
+            log.info("job held by a live worker; waiting", extra={"study_key": job.study_key, "holder": claim.held_by})
+            return JobOutcome(Status.PROCESSING, job.study_key, Reason.DUPLICATE_JOB, held_by=claim.held_by)
+        if claim.record is None:
+            log.info("job already settled; dropping it", extra={"study_key": job.study_key, "status": claim.status})
+            return JobOutcome(claim.status, job.study_key, Reason.DUPLICATE_JOB)
         try:
-            return self._analyze(job, t_start, record)
+            return self._analyze(job, t_start, claim.record)
         except BadInput as exc:
             self.studies.settle(job, Status.REJECTED, exc.reason, exc.detail)
             return JobOutcome(Status.REJECTED, job.study_key, exc.reason)
+        except InputMissing as exc:  # the de-identified series is gone: no retry can bring it back
+            self.studies.settle(job, Status.FAILED, Reason.INPUT_MISSING, exc.detail)
+            return JobOutcome(Status.FAILED, job.study_key, Reason.INPUT_MISSING)
 
-    def fail(self, job: JobMessage) -> JobOutcome:
-        """Record FAILED after the last delivery crashed, rather than leave the study PROCESSING forever."""
-        self.studies.settle(job, Status.FAILED, Reason.ANALYSIS_FAILED, "failed on every attempt")
+    def renew(self, job: JobMessage) -> None:
+        """The heartbeat's second half: keep this instance's lease on the study."""
+        self.studies.renew_lease(job, self.instance.instance_id, lease_s=self.lease_s)
+
+    def hand_back(self, job: JobMessage) -> None:
+        """An interruption: give the lease up so the next delivery starts at once; not a failure."""
+        self.studies.release(job, self.instance.instance_id)
+
+    def fail(self, job: JobMessage) -> JobOutcome | None:
+        """Count a failed attempt; on the last one record FAILED (the outcome), else None (SQS redelivers)."""
+        failures = self.studies.record_failure(job, self.instance.instance_id)
+        if failures < self.max_failures:
+            return None
+        self.studies.settle(job, Status.FAILED, Reason.ANALYSIS_FAILED, f"failed {failures} times")
         return JobOutcome(Status.FAILED, job.study_key, Reason.ANALYSIS_FAILED)
 
     def check_interrupt(self) -> None:
@@ -108,9 +143,13 @@ class JobRunner:
             raise Interrupted(Reason.SPOT_INTERRUPTION, "instance is being reclaimed")
 
     def _analyze(self, job: JobMessage, t_start: float, record: dict[str, Any]) -> JobOutcome:
-        timings: dict[str, float] = {}
+        # Stages as the record names them: queue wait, download, decode, analyze, upload, total.
+        timings: dict[str, float] = {"queue_wait": max(0.0, float(record.get("started_at", 0)) - job.enqueued_at)}
         lap = _laps(timings)
-        blobs = self.inputs.get_many(job.object_keys)
+        try:
+            blobs = self.inputs.get_many(job.object_keys)
+        except NotFound as exc:
+            raise InputMissing(Reason.INPUT_MISSING, exc.detail) from exc
         lap("download")
         self.check_interrupt()
         datasets = [read_dataset(b, name=k.rsplit("/", 1)[-1]) for b, k in zip(blobs, job.object_keys)]
@@ -118,14 +157,14 @@ class JobRunner:
         del blobs
         for ds in datasets:  # the SEG needs headers only; the pixels live on in the volume
             del ds.PixelData
-        lap("volume")
+        lap("decode")
         self.check_interrupt()
         analysis = self._run_model(volume)
         lap("analyze")
         self.check_interrupt()
         prefix, keys = self.writer.write(analysis, volume, datasets, facility=job.facility,
                                          study_key=job.study_key, model_version=self.model_version)
-        lap("write")
+        lap("upload")
         self.check_interrupt()
         gpu_seconds = time.perf_counter() - t_start
         timings["total"] = gpu_seconds
@@ -146,7 +185,7 @@ class JobRunner:
 
     def _done_fields(self, report: dict[str, Any], prefix: str, keys: list[str], gpu_seconds: float,
                      timings: dict[str, float], record: dict[str, Any]) -> dict[str, Any]:
-        price = self.instance.price_per_hour_usd
+        price = self.price()
         return {
             "model_version": self.model_version,
             "score": float(report["score"]),
@@ -159,8 +198,11 @@ class JobRunner:
             "result_prefix": prefix,
             "result_keys": keys,
             "gpu_seconds": round(gpu_seconds, 3),
-            "cost_usd": round(gpu_seconds / 3600.0 * price, 6),
-            "price_per_hour_usd": price,
+            # Nine places (a nano-dollar): a study on a cheap spot instance costs well under a micro-dollar
+            # per second, and records otherwise keep six.
+            "cost_usd": Decimal(f"{gpu_seconds / 3600.0 * price.usd_per_hour:.9f}"),
+            "price_per_hour_usd": price.usd_per_hour,
+            "price_source": price.source,
             "timings_s": {**_ingest_timings(record),
                           **{f"worker_{k}": round(v, 4) for k, v in timings.items()},
                           **{f"model_{k}": v for k, v in report.get("timings_s", {}).items()}},

@@ -11,10 +11,13 @@ How a message is settled follows from how its job ended:
 the job                                the message
 =====================================  ==========================================
 DONE, REJECTED, or settled elsewhere   deleted
-interrupted (spot notice)              handed back now (visibility 0)
-crashed, deliveries left               left alone: SQS redelivers it
-crashed on its last delivery           record FAILED, deleted
-malformed                              deleted, logged (it can never run)
+input gone (NoSuchKey)                 record FAILED input_missing, deleted
+held by a live worker (a duplicate)    back off: invisible for longer each delivery
+interrupted (spot notice)              lease released, handed back now (visibility 0)
+crashed, failures left                 failure counted on the record, lease released;
+                                       SQS redelivers it after the visibility timeout
+crashed for the last time              record FAILED, deleted
+malformed                              sent to the dead-letter queue with its reason
 =====================================  ==========================================
 
 One stop event: SIGTERM or a spot notice stops receiving; a second SIGTERM exits.
@@ -31,7 +34,7 @@ from typing import Any
 
 from ctfleet.aws.fleet import Protection
 from ctfleet.aws.queues import Queue, receive_count
-from ctfleet.contracts import JobMessage
+from ctfleet.contracts import JobMessage, Reason
 from ctfleet.errors import BadInput, CtfleetError, Interrupted
 from ctfleet.settings import Settings
 
@@ -49,6 +52,10 @@ class Settle(Enum):
     DELETE = "delete"
     HAND_BACK = "hand_back"
     LEAVE = "leave"
+    BACK_OFF = "back_off"  # a live worker holds the job: come back later, longer each time
+
+
+MAX_BACK_OFF_S = 900
 
 
 @dataclass
@@ -59,9 +66,13 @@ class Worker:
     urgent: Queue
     backfill: Queue
     runner: JobRunner
+    dead_letters: dict[str, Queue] = field(default_factory=dict)  # queue name -> its dead-letter queue
     protection: Protection | None = None  # scale-in protection of this instance: on while a job runs
     stop: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)  # set when run() returns
+    expected_job_s: float = 60.0  # how long a job takes, for the termination hook's finish-or-hand-back
     _current: Heartbeat | None = None
+    _job_started: float | None = None
 
     def receive(self, wait_s: int) -> tuple[Queue, dict[str, Any]] | None:
         """One message, urgent before backfill; None if both queues are empty."""
@@ -75,6 +86,13 @@ class Worker:
 
     def run(self, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
         """Process jobs until stopped; returns the number of jobs handled."""
+        try:
+            return self._loop(max_jobs, idle_exit_s)
+        finally:
+            self._protect(False)
+            self.finished.set()
+
+    def _loop(self, max_jobs: int | None, idle_exit_s: float | None) -> int:
         handled = 0
         idle_since = time.monotonic()
         while not self.stop.is_set():
@@ -101,6 +119,15 @@ class Worker:
         if self.protection is not None:
             self.protection.set(on)
 
+    def drain(self, *, within_s: float) -> None:
+        """The instance is being terminated: take no new work; finish the current job if it should end
+        within ``within_s``, otherwise hand it back now."""
+        self.stop.set()
+        started = self._job_started
+        if started is not None and self.expected_job_s - (time.monotonic() - started) > within_s:
+            log.warning("the job would outlast the termination hook; handing it back")
+            self.interrupt()
+
     def interrupt(self) -> None:
         """A spot notice: stop receiving, and hand the current job back at once."""
         self.runner.interrupted.set()
@@ -115,36 +142,45 @@ class Worker:
         try:
             job = JobMessage.from_json(message["Body"])
         except BadInput as exc:
-            log.error("dropping a malformed job message", extra={"reason": exc.reason})
-            queue.delete(receipt)
+            self._dead_letter(queue, message, exc)
             return None
         spec = self.settings.job_queue(job.priority)
         heartbeat = Heartbeat(queue, receipt, interval_s=self.settings.heartbeat_s,
-                              visibility_s=spec.visibility_timeout_s)
-        self._current = heartbeat
+                              visibility_s=spec.visibility_timeout_s, renew=lambda: self.runner.renew(job))
+        self._current, self._job_started = heartbeat, time.monotonic()
         try:
             with heartbeat:
-                outcome, action = self._run(job, last=receive_count(message) >= spec.max_receive_count)
+                outcome, action = self._run(job)
         finally:
-            self._current = None
-        self._settle(queue, receipt, action, heartbeat)
-        return outcome
-
-    def _run(self, job: JobMessage, *, last: bool) -> tuple[JobOutcome | None, Settle]:
-        try:
-            return self.runner.run(job), Settle.DELETE
-        except Interrupted:
-            log.warning("job handed back", extra={"study_key": job.study_key, "job_id": job.job_id})
-            return None, Settle.HAND_BACK
-        except Exception:  # noqa: BLE001 - the outermost handler of a job: a bug, a fault, or retries spent
-            if last:
-                log.exception("job failed on its last attempt", extra={"study_key": job.study_key})
-                return self.runner.fail(job), Settle.DELETE
-            log.exception("job failed; SQS will redeliver", extra={"study_key": job.study_key})
-            return None, Settle.LEAVE
-
-    def _settle(self, queue: Queue, receipt: str, action: Settle, heartbeat: Heartbeat) -> None:
+            self._current = self._job_started = None
         if action is Settle.DELETE:
             queue.delete(receipt)
         elif action is Settle.HAND_BACK:
             heartbeat.handback()
+        elif action is Settle.BACK_OFF:
+            deliveries = receive_count(message)
+            queue.set_visibility(receipt, min(spec.visibility_timeout_s * 2 ** deliveries, MAX_BACK_OFF_S))
+        return outcome
+
+    def _run(self, job: JobMessage) -> tuple[JobOutcome | None, Settle]:
+        try:
+            outcome = self.runner.run(job)
+            return outcome, Settle.BACK_OFF if outcome.held_by else Settle.DELETE
+        except Interrupted:
+            log.warning("job handed back", extra={"study_key": job.study_key, "job_id": job.job_id})
+            self.runner.hand_back(job)
+            return None, Settle.HAND_BACK
+        except Exception:  # noqa: BLE001 - the outermost handler of a job: a bug, a fault, or retries spent
+            log.exception("job failed", extra={"study_key": job.study_key})
+            failed = self.runner.fail(job)
+            return failed, Settle.LEAVE if failed is None else Settle.DELETE
+
+    def _dead_letter(self, queue: Queue, message: dict[str, Any], exc: BadInput) -> None:
+        """A message no worker can read goes to the dead-letter queue, with why; never silently away."""
+        log.error("malformed job message; sent to the dead-letter queue",
+                  extra={"reason": Reason.MALFORMED_JOB, "detail": exc.detail, "queue": queue.name})
+        dlq = self.dead_letters.get(queue.name)
+        if dlq is None:
+            return  # no dead-letter queue known: SQS's redrive moves it there after maxReceiveCount
+        dlq.send(message["Body"], {"reason": Reason.MALFORMED_JOB, "detail": exc.detail[:200]})
+        queue.delete(message["ReceiptHandle"])

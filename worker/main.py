@@ -12,15 +12,17 @@ from ctfleet.aws.clients import Clients
 from ctfleet.aws.fleet import FleetGroup, Protection
 from ctfleet.aws.imds import Imds
 from ctfleet.aws.objects import Objects
+from ctfleet.aws.pricing import Prices
 from ctfleet.aws.queues import Queue
 from ctfleet.aws.records import Table
 from ctfleet.aws.repositories import Studies
+from ctfleet.errors import CtfleetError
 from ctfleet.settings import Settings
 
 from .job import Instance, JobRunner
 from .loop import Worker
 from .results import ResultWriter
-from .spot import watch_spot
+from .spot import watch
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +52,25 @@ def build_worker(settings: Settings, clients: Clients, imds: Imds) -> Worker:
     analyzer = resolve(settings.model, s3_client=clients.s3, cache_dir=Path(settings.model_cache_dir).expanduser(),
                        device=device)
     instance = Instance(instance_id=imds.instance_id(), instance_type=imds.instance_type(settings.instance_type),
-                        device=device, price_per_hour_usd=settings.gpu_price_per_hour)
+                        device=device, market=imds.market(), zone=imds.zone())
+    prices = Prices(clients.ec2, fallback_usd_per_hour=settings.gpu_price_per_hour)
     runner = JobRunner(
         studies=Studies(Table(clients.dynamodb, settings.studies_table)),
         inputs=Objects(clients.s3, settings.studies_bucket),
         writer=ResultWriter(Objects(clients.s3, settings.results_bucket), render),
         analyze=analyzer, model_version=analyzer.version, instance=instance,
         high_threshold=settings.high_threshold, interrupted=threading.Event(),
+        price=lambda: prices.per_hour(instance.instance_type, instance.zone, instance.market),
+        lease_s=settings.job_visibility_s, max_failures=settings.job_max_failures,
     )
-    queues = {spec.name: Queue(clients.sqs, clients.queue_url(spec.name), spec.name)
-              for spec in (settings.urgent_queue, settings.backfill_queue)}
+    specs = (settings.urgent_queue, settings.backfill_queue)
+    queues = {spec.name: Queue(clients.sqs, clients.queue_url(spec.name), spec.name) for spec in specs}
+    dead_letters = {spec.name: Queue(clients.sqs, clients.queue_url(spec.dlq_name), spec.dlq_name) for spec in specs}
     return Worker(settings=settings, urgent=queues[settings.urgent_queue.name],
-                  backfill=queues[settings.backfill_queue.name], runner=runner,
+                  backfill=queues[settings.backfill_queue.name], runner=runner, dead_letters=dead_letters,
                   protection=Protection(FleetGroup(clients.autoscaling, settings.fleet.group_name),
-                                        instance.instance_id))
+                                        instance.instance_id),
+                  expected_job_s=60.0 / settings.fleet.throughput_per_min(instance.instance_type))
 
 
 def main(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:
@@ -74,13 +81,25 @@ def main(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float 
     instance = worker.runner.instance
     _attach_cloudwatch(clients, instance.instance_id)
     install_signal_handlers(worker.stop)
-    watch_spot(imds, worker.stop, worker.interrupt)
+    _, notices = watch(imds, worker, hook_timeout_s=settings.fleet.termination_hook_s)
     log.info("worker started", extra={"instance": instance.instance_id, "device": instance.device,
                                       "model_version": worker.runner.model_version})
     handled = worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)
+    if notices.terminating:
+        _complete_termination(FleetGroup(clients.autoscaling, settings.fleet.group_name), instance.instance_id,
+                              settings.fleet.termination_hook)
     log.info("worker stopped", extra={"instance": instance.instance_id, "jobs": handled})
     logging.shutdown()
     return 0
+
+
+def _complete_termination(group: FleetGroup, instance_id: str, hook: str) -> None:
+    try:
+        group.complete_termination(instance_id, hook)
+        log.info("termination lifecycle action completed", extra={"instance": instance_id})
+    except CtfleetError as exc:  # the hook's timeout ends the wait anyway
+        log.warning("could not complete the termination lifecycle action",
+                    extra={"instance": instance_id, "reason": exc.reason, "detail": exc.detail})
 
 
 def _attach_cloudwatch(clients: Clients, stream: str) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from ctfleet.contracts import Reason
@@ -72,6 +73,8 @@ def sorted_errors(what: str) -> Iterator[None]:
         yield
     except (ClientError, BotoCoreError) as exc:
         raise translate(exc, what) from exc
+    except ResponseParserError as exc:  # an answer botocore cannot read (moto's unimplemented corners)
+        raise Fault(Reason.SERVICE_ERROR, f"{what}: unreadable response") from exc
 
 
 retrying = retry(

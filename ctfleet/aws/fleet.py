@@ -111,6 +111,13 @@ class FleetGroup:
                                                                      ShouldDecrementDesiredCapacity=False)
 
     @retrying
+    def complete_termination(self, instance_id: str, hook: str) -> None:
+        """Let the termination go on: this instance's worker has finished or handed its job back."""
+        with sorted_errors("autoscaling:lifecycle"):
+            self.autoscaling.complete_lifecycle_action(LifecycleHookName=hook, AutoScalingGroupName=self.name,
+                                                       LifecycleActionResult="CONTINUE", InstanceId=instance_id)
+
+    @retrying
     def protect(self, instance_id: str, protected: bool) -> None:
         """Scale-in protection of one instance: on while it runs a job, off when idle."""
         with sorted_errors("autoscaling:protection"):

@@ -51,3 +51,18 @@ class Imds:
     def spot_action(self) -> str | None:
         """The pending spot interruption (JSON text), or None."""
         return self.get("/latest/meta-data/spot/instance-action")
+
+    def market(self) -> str:
+        """``spot`` or ``on-demand`` (``on-demand`` when no IMDS answers)."""
+        return self.get("/latest/meta-data/instance-life-cycle") or "on-demand"
+
+    def zone(self) -> str:
+        return self.get("/latest/meta-data/placement/availability-zone") or ""
+
+    def rebalance_recommended(self) -> bool:
+        """True once EC2 recommends moving work off this spot instance."""
+        return self.get("/latest/meta-data/events/recommendations/rebalance") is not None
+
+    def terminating(self) -> bool:
+        """True when the Auto Scaling group is terminating this instance (scale-in, replacement)."""
+        return self.get("/latest/meta-data/autoscaling/target-lifecycle-state") == "Terminated"

@@ -121,6 +121,15 @@ class Uploads(Repository):
 
 
 @dataclass(frozen=True)
+class Claim:
+    """What :meth:`Studies.claim` found: the claimed record, or who holds the job, or its settled status."""
+
+    record: dict[str, Any] | None
+    held_by: str | None = None  # a live worker holds this job: wait, do not compute it twice
+    status: str = Status.PROCESSING
+
+
+@dataclass(frozen=True)
 class Registered:
     """What :meth:`Studies.register` found: the job to send (None: nothing to send) and the duplicate's upload."""
 
@@ -164,15 +173,56 @@ class Studies(Repository):
 
     # -- the worker -----------------------------------------------------------------
 
-    def claim(self, job: JobMessage, fields: dict[str, Any]) -> dict[str, Any] | None:
-        """QUEUED | PROCESSING -> PROCESSING for this job, one attempt more; the record, or None if settled."""
+    def claim(self, job: JobMessage, instance: str, fields: dict[str, Any], *, lease_s: float) -> Claim:
+        """QUEUED, or PROCESSING under an expired lease -> PROCESSING on ``instance``, one attempt more.
+
+        The lease (``lease_until``) is what a live worker renews with its heartbeat;
+        a second delivery of a job whose holder is alive finds it held and waits.
+        """
+        t = now()
         try:
-            return self.table.update(job.study_key, {"status": Status.PROCESSING, "started_at": now(), **fields},
-                                     add={"attempts": 1},
-                                     condition="#job_id = :job AND #status IN (:queued, :processing)",
-                                     values={":job": job.job_id, **_LIVE})
+            record = self.table.update(
+                job.study_key, {"status": Status.PROCESSING, "started_at": t, "worker_instance": instance,
+                                "lease_until": t + lease_s, **fields},
+                add={"attempts": 1},
+                condition="#job_id = :job AND (#status = :queued OR (#status = :processing AND "
+                          "(attribute_not_exists(#lease_until) OR #lease_until < :now)))",
+                values={":job": job.job_id, ":now": t, **_LIVE})
+            return Claim(record)
         except Conflict:
-            return None
+            current = self.get(job.study_key) or {}
+        held = (current.get("status") == Status.PROCESSING and current.get("job_id") == job.job_id
+                and float(current.get("lease_until", 0)) >= t)
+        return Claim(None, held_by=str(current.get("worker_instance")) if held else None,
+                     status=str(current.get("status", "MISSING")))
+
+    def renew_lease(self, job: JobMessage, instance: str, *, lease_s: float) -> bool:
+        """Extend the holder's lease (with each heartbeat); False if ``instance`` no longer holds it."""
+        return self._as_holder(job, instance, {"lease_until": now() + lease_s})
+
+    def release(self, job: JobMessage, instance: str) -> bool:
+        """Give the lease up at once (a hand-back): the next delivery may claim it without waiting."""
+        return self._as_holder(job, instance, {"lease_until": 0})
+
+    def record_failure(self, job: JobMessage, instance: str) -> int:
+        """One failed attempt more, and the lease given up; the study's failures so far (0: not the holder)."""
+        try:
+            record = self.table.update(
+                job.study_key, {"lease_until": 0}, add={"failures": 1},
+                condition="#job_id = :job AND #status = :processing AND #worker_instance = :me",
+                values={":job": job.job_id, ":processing": Status.PROCESSING, ":me": instance})
+            return int(record.get("failures", 0))
+        except Conflict:
+            return 0
+
+    def _as_holder(self, job: JobMessage, instance: str, fields: dict[str, Any]) -> bool:
+        try:
+            self.table.update(job.study_key, fields,
+                              condition="#job_id = :job AND #status = :processing AND #worker_instance = :me",
+                              values={":job": job.job_id, ":processing": Status.PROCESSING, ":me": instance})
+            return True
+        except Conflict:
+            return False
 
     def mark_done(self, job: JobMessage, fields: dict[str, Any]) -> bool:
         """PROCESSING -> DONE with the results; False if another attempt settled it first."""

@@ -38,6 +38,8 @@ class Reason:
     TOO_MANY_ATTEMPTS = "too_many_attempts"  # SQS gave up on the job (dead-letter queue)
     INGEST_ERROR = "ingest_error"  # ingest crashed on every delivery of the upload
     DUPLICATE_JOB = "duplicate_job"  # a job whose study another attempt settled: dropped
+    INPUT_MISSING = "input_missing"  # the study's de-identified objects are gone: it can never run
+    MALFORMED_JOB = "malformed_job"  # a job message no worker can read: sent to the dead-letter queue
     BAD_REQUEST = "bad_request"  # an API request that is malformed
     NOT_FOUND = "not_found"  # no such route, upload, study, object or resource
     # Errors of the services behind us (never recorded as a study's reason; they say how to retry).

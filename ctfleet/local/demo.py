@@ -158,7 +158,7 @@ def describe(study: DemoStudy, state: dict[str, Any]) -> str:
         check = " ok" if record.get("triage_level") == study.expect else f" UNEXPECTED (wanted {study.expect})"
     return (f"{study.label}: DONE study={record['study_key']} score={record.get('score'):.3f} "
             f"severity={record.get('severity_score')} triage={record.get('triage_level')}{check} "
-            f"cost=${record.get('cost_usd', 0):.5f} [{stages}]")
+            f"cost=${record.get('cost_usd', 0):.3g} [{stages}]")
 
 
 def summarize(studies: list[DemoStudy], outcomes: dict[str, dict[str, Any]], alerts: list[dict[str, Any]],

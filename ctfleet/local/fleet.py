@@ -4,8 +4,9 @@ moto keeps the group (desired capacity, instances, scale-in protection) but runs
 nothing; :class:`LocalFleet` follows it. An instance that appears is "booted"
 after ``boot_s``: its worker starts with a local IMDS of its own that answers
 with the instance's id and type. An instance the group removes (scale-in picks
-only unprotected ones) has its worker stopped like EC2 stopping the machine
-(SIGTERM) and its IMDS closed. A worker that dies while its instance is still in
+only unprotected ones) goes through the termination lifecycle hook: its IMDS
+says ``Terminated``, its worker finishes or hands back its job and exits (or is
+stopped with SIGTERM when the hook times out), and its IMDS is closed. A worker that dies while its instance is still in
 the group is an unhealthy instance: it is terminated in the group, which
 launches a replacement, as an ASG health check would.
 """
@@ -77,6 +78,9 @@ class LocalFleet:
         IMDS URL -> the worker process's environment.
     boot_s : float
         Seconds between an instance appearing in the group and its worker starting.
+    hook_s : float
+        The termination lifecycle hook's timeout: a removed instance's worker has this long
+        to finish (or hand back) its job and exit before it is stopped.
     log_dir : Path or None
         Each instance's stdout/stderr goes to ``log_dir/worker-<instance>.log``.
     shared_log : Path or None
@@ -84,8 +88,9 @@ class LocalFleet:
     """
 
     def __init__(self, group: FleetGroup, env_for: Callable[[str], dict[str, str]], *, boot_s: float,
-                 log_dir: Path | None = None, shared_log: Path | None = None) -> None:
+                 hook_s: float = 30.0, log_dir: Path | None = None, shared_log: Path | None = None) -> None:
         self.group = group
+        self.hook_s = hook_s
         self.env_for = env_for
         self.boot_s = boot_s
         self.log_dir = log_dir
@@ -153,10 +158,24 @@ class LocalFleet:
             self.instances[instance_id] = LocalInstance(instance_id, instance_type, self.env_for, path)
 
     def _retire(self, instance_id: str) -> None:
+        """The group removed the instance: play its termination lifecycle hook, then stop it.
+
+        moto terminates at once and keeps no Terminating:Wait state, so the hook is
+        played here: IMDS says ``Terminated``, the worker finishes or hands back its
+        job and exits; after the hook's timeout it gets SIGTERM like any stopping machine.
+        """
         with self._lock:
             local = self.instances.pop(instance_id)
-        local.terminate()
-        threading.Thread(target=local.close, name=f"retire-{instance_id}", daemon=True).start()
+        local.imds.terminate()
+
+        def wait_then_stop() -> None:
+            try:
+                local.proc.wait(timeout=self.hook_s)
+            except subprocess.TimeoutExpired:
+                local.terminate()
+            local.close()
+
+        threading.Thread(target=wait_then_stop, name=f"retire-{instance_id}", daemon=True).start()
 
     def _replace(self, instance_id: str) -> None:
         """The worker died with its instance in the group: an unhealthy instance, replaced by the group."""

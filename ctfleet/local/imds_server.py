@@ -16,10 +16,17 @@ from .httpd import LoopbackServer
 
 
 class LocalImds(LoopbackServer):
-    def __init__(self, instance_id: str, instance_type: str) -> None:
+    """IMDSv2 for one local instance: identity, placement, market, and the notices tests can post."""
+
+    def __init__(self, instance_id: str, instance_type: str, *, zone: str = "us-east-1a",
+                 market: str = "spot") -> None:
         self.instance_id = instance_id
         self.instance_type = instance_type
+        self.zone = zone
+        self.market = market
         self._action: str | None = None
+        self._rebalance: str | None = None
+        self.target_lifecycle_state = "InService"
         self._tokens: set[str] = set()
         imds = self
 
@@ -50,7 +57,11 @@ class LocalImds(LoopbackServer):
                 routes = {
                     "/latest/meta-data/instance-id": imds.instance_id,
                     "/latest/meta-data/instance-type": imds.instance_type,
+                    "/latest/meta-data/instance-life-cycle": imds.market,
+                    "/latest/meta-data/placement/availability-zone": imds.zone,
                     "/latest/meta-data/spot/instance-action": imds._action,
+                    "/latest/meta-data/events/recommendations/rebalance": imds._rebalance,
+                    "/latest/meta-data/autoscaling/target-lifecycle-state": imds.target_lifecycle_state,
                 }
                 value = routes.get(self.path)
                 self._send(200, value) if value is not None else self._send(404)
@@ -61,3 +72,11 @@ class LocalImds(LoopbackServer):
         """Post a spot interruption notice, as EC2 does two minutes before reclaiming."""
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + in_seconds))
         self._action = json.dumps({"action": "terminate", "time": when})
+
+    def recommend_rebalance(self) -> None:
+        """Post a rebalance recommendation: EC2's early word that this spot instance is at risk."""
+        self._rebalance = json.dumps({"noticeTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+    def terminate(self) -> None:
+        """The Auto Scaling group is terminating this instance (a lifecycle hook holds it meanwhile)."""
+        self.target_lifecycle_state = "Terminated"

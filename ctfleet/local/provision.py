@@ -176,3 +176,7 @@ def _create_fleet(clients: Clients, s: Settings) -> None:
         AutoScalingGroupName=spec.group_name, MinSize=0, MaxSize=spec.max_size, DesiredCapacity=0,
         LaunchTemplate={"LaunchTemplateName": template, "Version": "$Latest"},
         AvailabilityZones=[f"{s.region}a"], NewInstancesProtectedFromScaleIn=False)
+    autoscaling.put_lifecycle_hook(
+        LifecycleHookName=spec.termination_hook, AutoScalingGroupName=spec.group_name,
+        LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING", HeartbeatTimeout=int(spec.termination_hook_s),
+        DefaultResult="CONTINUE")

@@ -69,7 +69,9 @@ class LocalStack:
                  scaler_interval_s: float = 5.0, api_port: int = 0, worker_log: Path | None = None,
                  sweep_interval_s: float = 60.0) -> None:
         if fleet_max is not None:
-            settings = replace(settings, fleet_max=fleet_max, fleet_boot_s=boot_s)
+            # A short termination hook locally: tests and the demo wait for it.
+            settings = replace(settings, fleet_max=fleet_max, fleet_boot_s=boot_s,
+                               fleet_termination_hook_s=min(settings.fleet_termination_hook_s, 30.0))
         self.base_settings = settings
         self.fleet_mode = fleet_max is not None
         self.n_workers = 0 if self.fleet_mode else workers
@@ -109,6 +111,7 @@ class LocalStack:
         if self.fleet_mode:
             self.fleet = LocalFleet(FleetGroup(self.clients.autoscaling, self.settings.fleet.group_name),
                                     self.worker_env, boot_s=self.settings.fleet_boot_s,
+                                    hook_s=self.settings.fleet_termination_hook_s,
                                     log_dir=self.log_dir, shared_log=self.worker_log).start()
         return self
 

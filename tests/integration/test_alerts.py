@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
 from ctfleet.aws.alerts import CLAIM_LEASE_S
 from ctfleet.aws.records import now
 from dispatcher.deps import HandlerDeps
+from stack_helpers import alerts_for
 
 pytestmark = pytest.mark.integration
-
-
-def _alerts_for(stack, key: str, seconds: float = 4.0) -> int:
-    alerts, deadline = [], time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        alerts += stack.drain_alerts(wait_s=1)
-    return sum(1 for a in alerts if a["study_key"] == key)
 
 
 def test_a_claim_abandoned_before_publishing_is_sent_once_by_the_sweep(stack):
@@ -34,6 +27,6 @@ def test_a_claim_abandoned_before_publishing_is_sent_once_by_the_sweep(stack):
     later = t + CLAIM_LEASE_S + 1
     assert deps.alerts.retry_stale_claims(at=later) == 1
     assert deps.alerts.retry_stale_claims(at=later + 1) == 0
-    assert _alerts_for(stack, key) == 1
+    assert alerts_for(stack, key, seconds=4.0) == 1
     record = deps.studies.get(key)
     assert record["alert_state"] == "SENT"

@@ -46,7 +46,7 @@ def test_phantoms_reach_done_with_the_expected_triage(finished, phantoms):
         assert 0.0 <= record["score"] <= 1.0 and 0 <= record["severity_score"] <= 24
         assert record["attempts"] == 1
         assert record["gpu_seconds"] > 0 and record["cost_usd"] > 0
-        for stage in ("ingest_download", "ingest_deidentify", "worker_download", "worker_volume", "worker_analyze"):
+        for stage in ("ingest_download", "ingest_deidentify", "worker_queue_wait", "worker_download", "worker_decode", "worker_analyze", "worker_upload"):
             assert stage in record["timings_s"], stage
 
 

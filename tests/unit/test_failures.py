@@ -35,6 +35,13 @@ def test_connection_trouble_is_transient():
     assert isinstance(translate(EndpointConnectionError(endpoint_url="http://x"), "s3:get"), Transient)
 
 
+def test_an_unreadable_response_is_a_fault():
+    from botocore.parsers import ResponseParserError
+
+    with pytest.raises(Fault), sorted_errors("autoscaling:lifecycle"):
+        raise ResponseParserError("not XML")
+
+
 def test_every_family_is_one_tree():
     for family in (BadInput, Transient, Interrupted, Conflict, Fault, NotFound):
         assert issubclass(family, CtfleetError)

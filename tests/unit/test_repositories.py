@@ -51,13 +51,30 @@ def test_a_failed_study_is_queued_again_by_a_new_upload(stack):
     assert studies.get(again.study_key)["status"] == Status.QUEUED
 
 
-def test_claim_counts_attempts_and_only_the_current_job_may_claim(stack):
+def test_claim_counts_attempts_holds_a_lease_and_only_the_current_job_may_claim(stack):
     studies = stack.deps.studies
     j = job("a3" * 12)
     studies.register(j, item(j, "u1"))
-    assert studies.claim(j, {"worker_instance": "i-1"})["attempts"] == 1
-    assert studies.claim(j, {"worker_instance": "i-2"})["attempts"] == 2, "a redelivery re-claims"
-    assert studies.claim(job("a3" * 12), {}) is None, "a stale job id claims nothing"
+    first = studies.claim(j, "i-1", {}, lease_s=60)
+    assert first.record is not None and first.record["attempts"] == 1 and first.record["worker_instance"] == "i-1"
+    held = studies.claim(j, "i-2", {}, lease_s=60)
+    assert held.record is None and held.held_by == "i-1", "a live holder's job is not claimed twice"
+    assert studies.renew_lease(j, "i-1", lease_s=60) and not studies.renew_lease(j, "i-2", lease_s=60)
+    assert studies.release(j, "i-1"), "a hand-back gives the lease up"
+    again = studies.claim(j, "i-2", {}, lease_s=60)
+    assert again.record is not None and again.record["attempts"] == 2, "a redelivery after the lease re-claims"
+    stale = studies.claim(job("a3" * 12), "i-3", {}, lease_s=60)
+    assert stale.record is None and stale.held_by is None, "a stale job id claims nothing"
+
+
+def test_failures_are_counted_only_by_the_holder(stack):
+    studies = stack.deps.studies
+    j = job("a6" * 12)
+    studies.register(j, item(j, "u1"))
+    studies.claim(j, "i-1", {}, lease_s=60)
+    assert studies.record_failure(j, "i-2") == 0
+    assert studies.record_failure(j, "i-1") == 1
+    assert studies.get(j.study_key)["lease_until"] == 0, "the failed attempt's lease is given up"
 
 
 def test_done_is_written_once_and_a_settled_study_stays_settled(stack):
@@ -65,7 +82,7 @@ def test_done_is_written_once_and_a_settled_study_stays_settled(stack):
     j = job("a4" * 12)
     studies.register(j, item(j, "u1"))
     assert not studies.mark_done(j, {"score": 0.5}), "not PROCESSING yet"
-    studies.claim(j, {})
+    studies.claim(j, "i-1", {}, lease_s=60)
     assert studies.mark_done(j, {"score": 0.5})
     assert not studies.mark_done(j, {"score": 0.9}), "a second attempt does not overwrite DONE"
     assert not studies.settle(j, Status.FAILED, Reason.TOO_MANY_ATTEMPTS)

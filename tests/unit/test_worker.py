@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -67,9 +68,13 @@ def test_a_job_runs_to_done_with_results_cost_and_timings_then_its_message_is_de
     assert record["status"] == Status.DONE and record["attempts"] == 1
     assert record["worker_instance"] == "i-0feedc0de0000001" and record["instance_type"] == "g5.xlarge"
     assert record["triage_level"] == "LOW" and record["model_version"] == worker.runner.model_version
-    assert record["cost_usd"] == pytest.approx(record["gpu_seconds"] / 3600 * stack.settings.gpu_price_per_hour,
-                                               abs=1e-6)
-    assert record["timings_s"]["ingest_read"] == 0.5 and record["timings_s"]["worker_total"] > 0
+    # A spot instance (the local IMDS says so) pays the spot price from EC2's history (moto's figure).
+    assert record["market"] == "spot" and record["price_source"] == "spot_history"
+    assert record["cost_usd"] == pytest.approx(record["gpu_seconds"] / 3600 * record["price_per_hour_usd"], abs=2e-9)
+    timings = record["timings_s"]
+    assert timings["ingest_read"] == 0.5
+    stages = ("worker_queue_wait", "worker_download", "worker_decode", "worker_analyze", "worker_upload")
+    assert all(timings[k] >= 0 for k in stages) and timings["worker_total"] >= sum(timings[k] for k in stages[1:])
     names = {k.rsplit("/", 1)[-1] for k in record["result_keys"]}
     assert {"labels.nii.gz", "report.json"} <= names
     report = json.loads(stack.deps.results.get(record["result_prefix"] + "report.json"))
@@ -90,24 +95,63 @@ def test_a_duplicate_of_a_settled_job_is_dropped_without_computing(stack, worker
     assert visible(stack) == 0
 
 
-def test_a_malformed_message_is_dropped(stack, worker):
+def test_a_malformed_message_goes_to_the_dead_letter_queue_with_its_reason(stack, worker):
     worker.urgent.send("{not json")
     [message] = worker.urgent.receive(max_messages=1, wait_s=1)
     assert worker.handle(worker.urgent, message) is None
     assert visible(stack) == 0
+    dlq = stack.deps.queue(stack.settings.urgent_queue.dlq_name)
+    got = dlq.sqs.receive_message(QueueUrl=dlq.url, MessageAttributeNames=["All"], WaitTimeSeconds=1)["Messages"]
+    assert [m["Body"] for m in got] == ["{not json"]
+    assert got[0]["MessageAttributes"]["reason"]["StringValue"] == Reason.MALFORMED_JOB
+    dlq.delete(got[0]["ReceiptHandle"])
 
 
-def test_a_crash_is_left_for_sqs_and_recorded_failed_on_the_last_delivery(stack, worker, slices):
+def test_a_job_whose_input_is_gone_fails_at_once(stack, worker, slices):
     job = queue_job(stack, "b3" * 12, slices)
-    stack.clients.s3.delete_object(Bucket=stack.settings.studies_bucket, Key=job.object_keys[0])  # input lost
+    stack.clients.s3.delete_object(Bucket=stack.settings.studies_bucket, Key=job.object_keys[0])
     [message] = worker.urgent.receive(max_messages=1, wait_s=1)
-    assert worker.handle(worker.urgent, message) is None
-    assert stack.deps.studies.get(job.study_key)["status"] == Status.PROCESSING
-    assert visible(stack) == 1, "left for SQS to redeliver"
+    outcome = worker.handle(worker.urgent, message)
+    assert outcome is not None and outcome.status == Status.FAILED and outcome.reason == Reason.INPUT_MISSING
+    record = stack.deps.studies.get(job.study_key)
+    assert record["status"] == Status.FAILED and record["reason"] == Reason.INPUT_MISSING and record["attempts"] == 1
+    assert visible(stack) == 0
+
+
+def test_a_duplicate_delivery_of_a_job_a_live_worker_holds_waits_instead_of_computing(stack, worker, slices):
+    job = queue_job(stack, "b4" * 12, slices)
+    assert stack.deps.studies.claim(job, "i-0another0000001", {}, lease_s=60).record is not None
+    [message] = worker.urgent.receive(max_messages=1, wait_s=1)
+    outcome = worker.handle(worker.urgent, message)
+    assert outcome is not None and outcome.held_by == "i-0another0000001"
+    record = stack.deps.studies.get(job.study_key)
+    assert record["status"] == Status.PROCESSING and record["attempts"] == 1, "not computed a second time"
+    assert worker.urgent.receive(max_messages=1, wait_s=1) == [], "backed off: invisible for a while"
+    assert visible(stack) == 1, "kept for when the holder finishes or dies"
+    # The holder's lease runs out (it died): the next delivery takes the job over.
+    stack.deps.studies.release(job, "i-0another0000001")
     worker.urgent.set_visibility(message["ReceiptHandle"], 0)
-    [again] = worker.urgent.receive(max_messages=1, wait_s=1)
-    again["Attributes"]["ApproximateReceiveCount"] = str(stack.settings.urgent_queue.max_receive_count)
-    outcome = worker.handle(worker.urgent, again)
+    assert worker.run(max_jobs=1) == 1
+    assert stack.deps.studies.get(job.study_key)["status"] == Status.DONE
+
+
+def test_a_crash_counts_a_failure_and_the_last_failure_records_failed(stack, worker, slices):
+    from ctfleet.aws.objects import Objects
+    from ctfleet.results.files import render
+    from worker.results import ResultWriter
+
+    # A results bucket that does not exist: every attempt crashes after the analysis.
+    broken = replace(worker, runner=replace(worker.runner,
+                                            writer=ResultWriter(Objects(stack.clients.s3, "no-such-bucket"), render)))
+    job = queue_job(stack, "b5" * 12, slices)
+    for attempt in range(1, stack.settings.job_max_failures + 1):
+        [message] = broken.urgent.receive(max_messages=1, wait_s=1)
+        outcome = broken.handle(broken.urgent, message)
+        record = stack.deps.studies.get(job.study_key)
+        assert record["failures"] == attempt and record["lease_until"] == 0
+        if attempt < stack.settings.job_max_failures:
+            assert outcome is None and record["status"] == Status.PROCESSING
+            broken.urgent.set_visibility(message["ReceiptHandle"], 0)  # SQS would redeliver after the timeout
     assert outcome is not None and outcome.status == Status.FAILED
     record = stack.deps.studies.get(job.study_key)
     assert record["status"] == Status.FAILED and record["reason"] == Reason.ANALYSIS_FAILED
