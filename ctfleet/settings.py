@@ -293,32 +293,39 @@ class Settings:
             return self.backfill_queue
         raise ValueError(f"unknown priority {priority!r}")
 
+    def _table(self, role: str, key: str, *indexes: IndexSpec, **extra: str) -> TableSpec:
+        return TableSpec(name=f"{self.stack}-{role}", partition_key=key, indexes=indexes, **extra)
+
     @property
     def studies_table(self) -> TableSpec:
-        """One item per study (key: the facility-scoped study key)."""
-        return TableSpec(
-            name=f"{self.stack}-studies",
-            partition_key="study_key",
-            # by_alert_state finds alert claims whose holder died before publishing.
-            indexes=(IndexSpec("by_facility", "facility", "created_at"),
-                     IndexSpec("by_alert_state", "alert_state", "created_at")),
-            stream_view_type="NEW_AND_OLD_IMAGES",
-        )
+        """One item per study (key: the facility-scoped study key).
+
+        ``by_alert_state`` finds alert claims whose holder died before publishing.
+        """
+        return self._table("studies", "study_key", IndexSpec("by_facility", "facility", "created_at"),
+                           IndexSpec("by_alert_state", "alert_state", "created_at"),
+                           stream_view_type="NEW_AND_OLD_IMAGES")
 
     @property
     def uploads_table(self) -> TableSpec:
-        """One item per upload: every upload ends here in a recorded state."""
-        return TableSpec(
-            name=f"{self.stack}-uploads",
-            partition_key="upload_id",
-            # by_status finds uploads that never completed, for the expiry sweep.
-            indexes=(IndexSpec("by_facility", "facility", "created_at"), IndexSpec("by_status", "status", "created_at")),
-            ttl_attribute="expires_at",
-        )
+        """One item per upload: every upload ends here in a recorded state.
+
+        ``by_status`` finds uploads that never completed, for the expiry sweep.
+        """
+        return self._table("uploads", "upload_id", IndexSpec("by_facility", "facility", "created_at"),
+                           IndexSpec("by_status", "status", "created_at"), ttl_attribute="expires_at")
 
     @property
-    def tables(self) -> tuple[TableSpec, TableSpec]:
-        return (self.studies_table, self.uploads_table)
+    def ledger_table(self) -> TableSpec:
+        """The cost ledger: one item per GPU instance (boot, busy, idle, interrupted seconds, price).
+
+        ``by_month`` serves finance's fully loaded cost per month.
+        """
+        return self._table("ledger", "instance_id", IndexSpec("by_month", "month", "launched_at"))
+
+    @property
+    def tables(self) -> tuple[TableSpec, TableSpec, TableSpec]:
+        return (self.studies_table, self.uploads_table, self.ledger_table)
 
     @property
     def fleet(self) -> FleetSpec:

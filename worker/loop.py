@@ -33,6 +33,7 @@ from enum import Enum
 from typing import Any
 
 from ctfleet.aws.fleet import Protection
+from ctfleet.aws.ledger import InstanceClock
 from ctfleet.aws.queues import Queue, receive_count
 from ctfleet.contracts import JobMessage, Reason
 from ctfleet.errors import BadInput, CtfleetError, Interrupted
@@ -68,6 +69,7 @@ class Worker:
     runner: JobRunner
     dead_letters: dict[str, Queue] = field(default_factory=dict)  # queue name -> its dead-letter queue
     protection: Protection | None = None  # scale-in protection of this instance: on while a job runs
+    clock: InstanceClock | None = None  # books busy, interrupted and idle seconds in the cost ledger
     stop: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)  # set when run() returns
     expected_job_s: float = 60.0  # how long a job takes, for the termination hook's finish-or-hand-back
@@ -115,6 +117,14 @@ class Worker:
                 break
         return handled
 
+    def _book(self, seconds: float, *, handed_back: bool) -> None:
+        if self.clock is None:
+            return
+        try:
+            self.clock.job(seconds, handed_back=handed_back)
+        except CtfleetError as exc:  # the ledger is for finance; the job itself is settled
+            log.warning("could not book the job in the cost ledger", extra={"reason": exc.reason})
+
     def _protect(self, on: bool) -> None:
         if self.protection is not None:
             self.protection.set(on)
@@ -147,12 +157,15 @@ class Worker:
         spec = self.settings.job_queue(job.priority)
         heartbeat = Heartbeat(queue, receipt, interval_s=self.settings.heartbeat_s,
                               visibility_s=spec.visibility_timeout_s, renew=lambda: self.runner.renew(job))
-        self._current, self._job_started = heartbeat, time.monotonic()
+        started = time.monotonic()
+        self._current, self._job_started = heartbeat, started
         try:
             with heartbeat:
                 outcome, action = self._run(job)
         finally:
             self._current = self._job_started = None
+        if action is not Settle.BACK_OFF:
+            self._book(time.monotonic() - started, handed_back=action is Settle.HAND_BACK)
         if action is Settle.DELETE:
             queue.delete(receipt)
         elif action is Settle.HAND_BACK:

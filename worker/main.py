@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from ctfleet.aws.clients import Clients
 from ctfleet.aws.fleet import FleetGroup, Protection
+from ctfleet.aws.failures import sorted_errors
 from ctfleet.aws.imds import Imds
+from ctfleet.aws.ledger import InstanceClock, Ledger
 from ctfleet.aws.objects import Objects
 from ctfleet.aws.pricing import Prices
 from ctfleet.aws.queues import Queue
@@ -22,7 +25,7 @@ from ctfleet.settings import Settings
 from .job import Instance, JobRunner
 from .loop import Worker
 from .results import ResultWriter
-from .spot import watch
+from .spot import Notices, watch
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +85,55 @@ def main(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float 
     _attach_cloudwatch(clients, instance.instance_id)
     install_signal_handlers(worker.stop)
     _, notices = watch(imds, worker, hook_timeout_s=settings.fleet.termination_hook_s)
+    worker.clock = open_ledger(clients, settings, worker)
     log.info("worker started", extra={"instance": instance.instance_id, "device": instance.device,
                                       "model_version": worker.runner.model_version})
     handled = worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)
+    close_ledger(worker.clock, notices)
     if notices.terminating:
         _complete_termination(FleetGroup(clients.autoscaling, settings.fleet.group_name), instance.instance_id,
                               settings.fleet.termination_hook)
     log.info("worker stopped", extra={"instance": instance.instance_id, "jobs": handled})
     logging.shutdown()
     return 0
+
+
+def open_ledger(clients: Clients, settings: Settings, worker: Worker) -> InstanceClock | None:
+    """Open this instance's cost ledger entry: boot seconds (EC2's launch time to now) and its price."""
+    instance = worker.runner.instance
+    ready = time.time()
+    try:
+        launched = _launch_time(clients, instance.instance_id) or ready
+        price = worker.runner.price()
+        ledger = Ledger(Table(clients.dynamodb, settings.ledger_table))
+        ledger.open(instance.instance_id, instance_type=instance.instance_type, market=instance.market,
+                    zone=instance.zone, launched_at=launched, ready_at=ready, price_per_hour_usd=price.usd_per_hour,
+                    price_source=price.source)
+        return InstanceClock(ledger, instance.instance_id)
+    except CtfleetError as exc:
+        log.warning("no cost ledger for this instance", extra={"reason": exc.reason, "detail": exc.detail})
+        return None
+
+
+def _launch_time(clients: Clients, instance_id: str) -> float | None:
+    """When EC2 launched this instance; None outside EC2 (a laptop, an always-on local worker)."""
+    try:
+        with sorted_errors("ec2:describe_instances"):
+            reservations = clients.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        return float(reservations[0]["Instances"][0]["LaunchTime"].timestamp())
+    except (CtfleetError, LookupError):
+        return None
+
+
+def close_ledger(clock: InstanceClock | None, notices: Notices) -> None:
+    if clock is None:
+        return
+    reason = ("spot_interruption" if notices.spot else "terminated" if notices.terminating
+              else "rebalance" if notices.rebalance else "stopped")
+    try:
+        clock.close(reason)
+    except CtfleetError as exc:
+        log.warning("could not close the cost ledger entry", extra={"reason": exc.reason})
 
 
 def _complete_termination(group: FleetGroup, instance_id: str, hook: str) -> None:

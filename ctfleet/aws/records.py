@@ -104,7 +104,7 @@ class Table:
         *,
         condition: str | None = None,
         values: dict[str, Any] | None = None,
-        add: dict[str, int] | None = None,
+        add: dict[str, float] | None = None,
         remove: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         """SET ``fields`` (and ADD ``add``) if ``condition`` holds; returns the new item.

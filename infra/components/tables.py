@@ -93,7 +93,8 @@ class TablesArgs:
         TablesArgs
         """
         return cls(
-            tables={"studies": settings.studies_table, "uploads": settings.uploads_table},
+            tables={"studies": settings.studies_table, "uploads": settings.uploads_table,
+                    "ledger": settings.ledger_table},
             kms_key_arn=kms_key_arn,
             tags=dict(tags or {}),
         )

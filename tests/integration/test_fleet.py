@@ -68,7 +68,16 @@ def test_one_urgent_study_grows_the_fleet_from_zero_and_it_shrinks_back_after_th
     assert state["study"]["status"] == "DONE"
     assert state["study"]["worker_instance"] in {i["InstanceId"] for i in group(fleet_stack)["Instances"]}
     wait_for(lambda: group(fleet_stack)["DesiredCapacity"] == 0, IDLE_GRACE_S + 20, "scale-in to zero")
-    wait_for(lambda: fleet_stack.fleet.size == 0, 30, "the last worker to stop")
+    wait_for(lambda: fleet_stack.fleet.size == 0, 40, "the last worker to stop")
+    # The instance's cost ledger entry: booted (EC2's launch time to the worker's readiness), busy, closed.
+    from ctfleet.aws.ledger import Ledger
+    from ctfleet.aws.records import Table
+
+    ledger = Ledger(Table(fleet_stack.clients.dynamodb, fleet_stack.settings.ledger_table))
+    entry = wait_for(lambda: (e := ledger.get(state["study"]["worker_instance"])) and "closed_at" in e and e,
+                     30, "the ledger entry to close")
+    assert entry["boot_s"] >= 2.0 and entry["jobs"] == 1 and entry["busy_s"] > 0
+    assert entry["closed_because"] == "terminated" and entry["idle_s"] > 0
 
 
 def test_a_backfill_runs_on_two_workers_and_an_urgent_study_overtakes_it(fleet_stack, api):

@@ -156,3 +156,26 @@ def test_a_crash_counts_a_failure_and_the_last_failure_records_failed(stack, wor
     record = stack.deps.studies.get(job.study_key)
     assert record["status"] == Status.FAILED and record["reason"] == Reason.ANALYSIS_FAILED
     assert visible(stack) == 0
+
+
+def test_the_cost_ledger_books_boot_busy_idle_and_the_reason_the_instance_stopped(stack, worker, slices):
+    from worker.main import close_ledger, open_ledger
+    from worker.spot import Notices
+
+    clock = open_ledger(stack.clients, stack.settings, worker)
+    assert clock is not None
+    ledger = clock.ledger
+    entry = ledger.get(worker.runner.instance.instance_id)
+    assert entry["boot_s"] == 0.0, "outside EC2 there is no launch time: no boot seconds"
+    assert entry["price_source"] == "spot_history" and entry["month"] == entry["launched_at"][:7]
+    queue_job(stack, "b6" * 12, slices)
+    worker.clock = clock
+    try:
+        assert worker.run(max_jobs=1) == 1
+    finally:
+        worker.clock = None
+    entry = ledger.get(worker.runner.instance.instance_id)
+    assert entry["jobs"] == 1 and entry["busy_s"] > 0 and entry["interrupted_s"] == 0
+    close_ledger(clock, Notices(spot=True))
+    entry = ledger.get(worker.runner.instance.instance_id)
+    assert entry["closed_because"] == "spot_interruption" and entry["closed_at"] > 0 and entry["idle_s"] >= 0
