@@ -177,17 +177,6 @@ class Table:
                 kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
         return items
 
-    def scan(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {"TableName": self.name}
-        while True:
-            with sorted_errors(f"dynamodb:{self.name}"):
-                out = self._db.scan(**kwargs)
-            items.extend(deserialize(i) for i in out.get("Items", []))
-            if "LastEvaluatedKey" not in out:
-                return items
-            kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
-
     def _write(self, call: Any) -> Any:
         with sorted_errors(f"dynamodb:{self.name}"):
             return call()
