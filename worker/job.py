@@ -44,6 +44,18 @@ class JobOutcome:
     held_by: str | None = None
 
 
+@dataclass
+class Prepared:
+    """A claimed study, downloaded and decoded: ready for the GPU."""
+
+    job: JobMessage
+    record: dict[str, Any]
+    volume: Any
+    datasets: list[Any]
+    timings: dict[str, float]
+    read_s: float
+
+
 @dataclass(frozen=True)
 class Instance:
     """The machine a worker runs on, as recorded with each study and priced per GPU-second."""
@@ -93,14 +105,23 @@ class JobRunner:
     max_failures: int = 3
 
     def run(self, job: JobMessage) -> JobOutcome:
-        """Run ``job`` to a DONE or REJECTED record.
+        """Run ``job`` to a DONE or REJECTED record: :meth:`prepare`, then :meth:`finish`.
 
         Raises
         ------
         Interrupted
             A spot notice arrived: hand the message back.
         Fault, Transient, or anything else
-            Let SQS redeliver (the caller records FAILED on the last delivery).
+            Let SQS redeliver (the caller counts the failure).
+        """
+        prepared = self.prepare(job)
+        return prepared if isinstance(prepared, JobOutcome) else self.finish(prepared)
+
+    def prepare(self, job: JobMessage) -> Prepared | JobOutcome:
+        """Claim the study, download and decode its series: everything before the GPU.
+
+        Returns an outcome instead when there is nothing to analyze: held by a live
+        worker, settled already, bad input (REJECTED) or its input gone (FAILED).
         """
         t_start = time.perf_counter()
         claim = self.studies.claim(job, self.instance.instance_id,
@@ -114,13 +135,23 @@ class JobRunner:
             log.info("job already settled; dropping it", extra={"study_key": job.study_key, "status": claim.status})
             return JobOutcome(claim.status, job.study_key, Reason.DUPLICATE_JOB)
         try:
-            return self._analyze(job, t_start, claim.record)
+            return self._read(job, t_start, claim.record)
         except BadInput as exc:
-            self.studies.settle(job, Status.REJECTED, exc.reason, exc.detail)
-            return JobOutcome(Status.REJECTED, job.study_key, exc.reason)
+            return self._reject(job, exc)
         except InputMissing as exc:  # the de-identified series is gone: no retry can bring it back
             self.studies.settle(job, Status.FAILED, Reason.INPUT_MISSING, exc.detail)
             return JobOutcome(Status.FAILED, job.study_key, Reason.INPUT_MISSING)
+
+    def finish(self, prepared: Prepared) -> JobOutcome:
+        """Analyze, write the results and record DONE."""
+        try:
+            return self._analyze(prepared)
+        except BadInput as exc:
+            return self._reject(prepared.job, exc)
+
+    def _reject(self, job: JobMessage, exc: BadInput) -> JobOutcome:
+        self.studies.settle(job, Status.REJECTED, exc.reason, exc.detail)
+        return JobOutcome(Status.REJECTED, job.study_key, exc.reason)
 
     def renew(self, job: JobMessage) -> None:
         """The heartbeat's second half: keep this instance's lease on the study."""
@@ -142,7 +173,7 @@ class JobRunner:
         if self.interrupted.is_set():
             raise Interrupted(Reason.SPOT_INTERRUPTION, "instance is being reclaimed")
 
-    def _analyze(self, job: JobMessage, t_start: float, record: dict[str, Any]) -> JobOutcome:
+    def _read(self, job: JobMessage, t_start: float, record: dict[str, Any]) -> Prepared:
         # Stages as the record names them: queue wait, download, decode, analyze, upload, total.
         timings: dict[str, float] = {"queue_wait": max(0.0, float(record.get("started_at", 0)) - job.enqueued_at)}
         lap = _laps(timings)
@@ -159,17 +190,26 @@ class JobRunner:
             del ds.PixelData
         lap("decode")
         self.check_interrupt()
-        analysis = self._run_model(volume)
+        return Prepared(job, record, volume, datasets, timings, time.perf_counter() - t_start)
+
+    def _analyze(self, p: Prepared) -> JobOutcome:
+        job, timings = p.job, p.timings
+        self.check_interrupt()  # a prefetched study waited for the GPU; a notice may have come meanwhile
+        t_start = time.perf_counter()
+        lap = _laps(timings)
+        analysis = self._run_model(p.volume)
         lap("analyze")
         self.check_interrupt()
-        prefix, keys = self.writer.write(analysis, volume, datasets, facility=job.facility,
+        prefix, keys = self.writer.write(analysis, p.volume, p.datasets, facility=job.facility,
                                          study_key=job.study_key, model_version=self.model_version)
         lap("upload")
         self.check_interrupt()
-        gpu_seconds = time.perf_counter() - t_start
+        # The instance's time on this study: reading it, then analyzing it (not the wait between,
+        # when a prefetched study waits for the GPU).
+        gpu_seconds = p.read_s + time.perf_counter() - t_start
         timings["total"] = gpu_seconds
         report = analysis.report
-        if not self.studies.mark_done(job, self._done_fields(report, prefix, keys, gpu_seconds, timings, record)):
+        if not self.studies.mark_done(job, self._done_fields(report, prefix, keys, gpu_seconds, timings, p.record)):
             log.info("study settled by another attempt", extra={"study_key": job.study_key})
         log.info("study done", extra={"study_key": job.study_key, "triage_level": report["triage_level"],
                                       "score": report["score"], "seconds": round(gpu_seconds, 3)})

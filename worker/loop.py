@@ -1,7 +1,11 @@
 """The worker's receive loop, and the one place that settles a message.
 
 receive (urgent first) -> scale-in protection on -> parse -> heartbeat ->
-:class:`worker.job.JobRunner` -> settle; protection off when the queues are empty. Deleting is the last step, so a crash anywhere before it means the
+prepare (claim, download, decode) -> finish (analyze, upload, DONE) -> settle; protection
+off when the queues are empty. While the GPU finishes one study, the next message is
+received and prepared in a second thread with its own heartbeat (prefetch), so the
+analysis does not wait for S3 and DICOM decoding; a worker that stops hands a
+prefetched job back unrun. Deleting is the last step, so a crash anywhere before it means the
 message comes back and the work is redone; results are overwritten in place
 and the DONE write is conditional, so doing it twice is harmless.
 
@@ -28,6 +32,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -40,7 +46,7 @@ from ctfleet.errors import BadInput, CtfleetError, Interrupted
 from ctfleet.settings import Settings
 
 from .heartbeat import Heartbeat
-from .job import JobOutcome, JobRunner
+from .job import JobOutcome, JobRunner, Prepared
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,21 @@ MAX_BACK_OFF_S = 900
 
 
 @dataclass
+class Ticket:
+    """One received message on its way through a worker: prepared, then completed and settled."""
+
+    queue: Queue
+    message: dict[str, Any]
+    job: JobMessage
+    heartbeat: Heartbeat
+    started: float
+    prepared: Prepared | None = None
+    outcome: JobOutcome | None = None
+    action: Settle | None = None  # decided before the GPU (held, settled, rejected, failed, handed back)
+    busy_s: float = 0.0  # this instance's time on it: preparing plus analyzing, not waiting between
+
+
+@dataclass
 class Worker:
     """Pulls jobs, urgent before backfill, and runs them one at a time."""
 
@@ -73,8 +94,10 @@ class Worker:
     stop: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)  # set when run() returns
     expected_job_s: float = 60.0  # how long a job takes, for the termination hook's finish-or-hand-back
-    _current: Heartbeat | None = None
-    _job_started: float | None = None
+    prefetch: bool = True  # read the next study while the GPU analyzes the current one
+    _active: list[Ticket] = field(default_factory=list)  # jobs taken and not yet settled (at most two)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="prefetch"))
 
     def receive(self, wait_s: int) -> tuple[Queue, dict[str, Any]] | None:
         """One message, urgent before backfill; None if both queues are empty."""
@@ -97,25 +120,42 @@ class Worker:
     def _loop(self, max_jobs: int | None, idle_exit_s: float | None) -> int:
         handled = 0
         idle_since = time.monotonic()
-        while not self.stop.is_set():
-            try:
-                got = self.receive(IDLE_WAIT_S)
-            except CtfleetError:
-                log.warning("receive failed; retrying", exc_info=True)
-                self.stop.wait(2.0)
-                continue
-            if got is None:
-                self._protect(False)
-                if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
-                    break
-                continue
-            self._protect(True)
-            self.handle(*got)
+        ticket: Ticket | None = None
+        while ticket is not None or not self.stop.is_set():
+            if ticket is None:
+                ticket = self._next(IDLE_WAIT_S)
+                if ticket is None:
+                    self._protect(False)
+                    if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                        break
+                    continue
+            last = max_jobs is not None and handled + 1 >= max_jobs
+            # While the GPU analyzes this study, the next one is received, downloaded and decoded.
+            upcoming = self._pool.submit(self._next, 0) if self.prefetch and not last and not self.stop.is_set() \
+                else None
+            self._complete(ticket)
             handled += 1
             idle_since = time.monotonic()
-            if max_jobs is not None and handled >= max_jobs:
+            ticket = upcoming.result() if upcoming is not None else None
+            if ticket is not None and self.stop.is_set():
+                self._give_back(ticket)  # stopping: the prefetched job goes back at once, not run
+                ticket = None
+            if last:
                 break
         return handled
+
+    def _next(self, wait_s: int) -> Ticket | None:
+        """Receive one message (urgent first) and prepare its job; None if the queues are empty."""
+        try:
+            got = self.receive(wait_s)
+        except CtfleetError:
+            log.warning("receive failed; retrying", exc_info=True)
+            self.stop.wait(2.0)
+            return None
+        if got is None:
+            return None
+        self._protect(True)
+        return self._take(*got)
 
     def _book(self, seconds: float, *, handed_back: bool) -> None:
         if self.clock is None:
@@ -133,7 +173,8 @@ class Worker:
         """The instance is being terminated: take no new work; finish the current job if it should end
         within ``within_s``, otherwise hand it back now."""
         self.stop.set()
-        started = self._job_started
+        with self._lock:
+            started = min((t.started for t in self._active), default=None)
         if started is not None and self.expected_job_s - (time.monotonic() - started) > within_s:
             log.warning("the job would outlast the termination hook; handing it back")
             self.interrupt()
@@ -142,43 +183,54 @@ class Worker:
         """A spot notice: stop receiving, and hand the current job back at once."""
         self.runner.interrupted.set()
         self.stop.set()
-        current = self._current
-        if current is not None:
-            current.handback()
+        with self._lock:
+            active = list(self._active)
+        for ticket in active:
+            ticket.heartbeat.handback()
 
     def handle(self, queue: Queue, message: dict[str, Any]) -> JobOutcome | None:
         """Run one received message's job and settle the message; the outcome, if the job ended."""
-        receipt = message["ReceiptHandle"]
+        ticket = self._take(queue, message)
+        return self._complete(ticket) if ticket is not None else None
+
+    def _take(self, queue: Queue, message: dict[str, Any]) -> Ticket | None:
+        """Parse the message, start its heartbeat and prepare its job (claim, download, decode)."""
         try:
             job = JobMessage.from_json(message["Body"])
         except BadInput as exc:
             self._dead_letter(queue, message, exc)
             return None
         spec = self.settings.job_queue(job.priority)
-        heartbeat = Heartbeat(queue, receipt, interval_s=self.settings.heartbeat_s,
+        heartbeat = Heartbeat(queue, message["ReceiptHandle"], interval_s=self.settings.heartbeat_s,
                               visibility_s=spec.visibility_timeout_s, renew=lambda: self.runner.renew(job))
-        started = time.monotonic()
-        self._current, self._job_started = heartbeat, started
-        try:
-            with heartbeat:
-                outcome, action = self._run(job)
-        finally:
-            self._current = self._job_started = None
-        if action is not Settle.BACK_OFF:
-            self._book(time.monotonic() - started, handed_back=action is Settle.HAND_BACK)
-        if action is Settle.DELETE:
-            queue.delete(receipt)
-        elif action is Settle.HAND_BACK:
-            heartbeat.handback()
-        elif action is Settle.BACK_OFF:
-            deliveries = receive_count(message)
-            queue.set_visibility(receipt, min(spec.visibility_timeout_s * 2 ** deliveries, MAX_BACK_OFF_S))
-        return outcome
+        ticket = Ticket(queue, message, job, heartbeat.__enter__(), time.monotonic())
+        with self._lock:
+            self._active.append(ticket)
+        result, ticket.action = self._decide(job, lambda: self.runner.prepare(job))
+        if isinstance(result, Prepared):
+            ticket.prepared = result
+        else:
+            ticket.outcome = result
+        ticket.busy_s = time.monotonic() - ticket.started
+        return ticket
 
-    def _run(self, job: JobMessage) -> tuple[JobOutcome | None, Settle]:
+    def _complete(self, ticket: Ticket) -> JobOutcome | None:
+        """Analyze the prepared job (unless its outcome is known already) and settle its message."""
+        prepared = ticket.prepared
+        if prepared is not None:
+            started = time.monotonic()
+            ticket.outcome, ticket.action = self._decide(ticket.job, lambda: self.runner.finish(prepared))
+            ticket.busy_s += time.monotonic() - started
+        ticket.heartbeat.__exit__(None, None, None)
+        with self._lock:
+            self._active.remove(ticket)
+        self._settle(ticket)
+        return ticket.outcome if isinstance(ticket.outcome, JobOutcome) else None
+
+    def _decide(self, job: JobMessage, step: Callable[[], Any]) -> tuple[Any, Settle | None]:
+        """Run one step of a job; its result, and what to do with the message (None: go on)."""
         try:
-            outcome = self.runner.run(job)
-            return outcome, Settle.BACK_OFF if outcome.held_by else Settle.DELETE
+            result = step()
         except Interrupted:
             log.warning("job handed back", extra={"study_key": job.study_key, "job_id": job.job_id})
             self.runner.hand_back(job)
@@ -187,6 +239,29 @@ class Worker:
             log.exception("job failed", extra={"study_key": job.study_key})
             failed = self.runner.fail(job)
             return failed, Settle.LEAVE if failed is None else Settle.DELETE
+        if isinstance(result, JobOutcome):
+            return result, Settle.BACK_OFF if result.held_by else Settle.DELETE
+        return result, None
+
+    def _settle(self, ticket: Ticket) -> None:
+        """The one place a message is settled, from how its job ended."""
+        queue, receipt, action = ticket.queue, ticket.message["ReceiptHandle"], ticket.action
+        if action is not Settle.BACK_OFF:
+            self._book(ticket.busy_s, handed_back=action is Settle.HAND_BACK)
+        if action is Settle.DELETE:
+            queue.delete(receipt)
+        elif action is Settle.HAND_BACK:
+            ticket.heartbeat.handback()
+        elif action is Settle.BACK_OFF:
+            spec = self.settings.job_queue(ticket.job.priority)
+            backoff = spec.visibility_timeout_s * 2 ** receive_count(ticket.message)
+            queue.set_visibility(receipt, min(backoff, MAX_BACK_OFF_S))
+
+    def _give_back(self, ticket: Ticket) -> None:
+        """Hand a prepared job back unrun (the worker is stopping): lease released, visible again now."""
+        self.runner.hand_back(ticket.job)
+        ticket.prepared, ticket.action = None, Settle.HAND_BACK
+        self._complete(ticket)
 
     def _dead_letter(self, queue: Queue, message: dict[str, Any], exc: BadInput) -> None:
         """A message no worker can read goes to the dead-letter queue, with why; never silently away."""

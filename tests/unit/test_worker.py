@@ -179,3 +179,19 @@ def test_the_cost_ledger_books_boot_busy_idle_and_the_reason_the_instance_stoppe
     close_ledger(clock, Notices(spot=True))
     entry = ledger.get(worker.runner.instance.instance_id)
     assert entry["closed_because"] == "spot_interruption" and entry["closed_at"] > 0 and entry["idle_s"] >= 0
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_the_next_study_is_read_while_the_current_one_is_analyzed(stack, worker, slices, prefetch):
+    first = queue_job(stack, ("c1" if prefetch else "c2") * 12, slices)
+    second = queue_job(stack, ("d1" if prefetch else "d2") * 12, slices)
+    assert replace(worker, prefetch=prefetch).run(max_jobs=2) == 2
+    a, b = (stack.deps.studies.get(j.study_key) for j in (first, second))
+    assert a["status"] == b["status"] == Status.DONE
+    if prefetch:
+        assert b["started_at"] < a["done_at"], "the second study was claimed and read during the first's analysis"
+        # Its cost counts its own reading and analysis, not the wait for the GPU between them.
+        assert b["gpu_seconds"] < b["done_at"] - b["started_at"]
+    else:
+        assert b["started_at"] >= a["done_at"]
+    assert visible(stack) == 0
