@@ -104,21 +104,8 @@ class JobRunner:
     lease_s: float = 30.0
     max_failures: int = 3
 
-    def run(self, job: JobMessage) -> JobOutcome:
-        """Run ``job`` to a DONE or REJECTED record: :meth:`prepare`, then :meth:`finish`.
-
-        Raises
-        ------
-        Interrupted
-            A spot notice arrived: hand the message back.
-        Fault, Transient, or anything else
-            Let SQS redeliver (the caller counts the failure).
-        """
-        prepared = self.prepare(job)
-        return prepared if isinstance(prepared, JobOutcome) else self.finish(prepared)
-
     def prepare(self, job: JobMessage) -> Prepared | JobOutcome:
-        """Claim the study, download and decode its series: everything before the GPU.
+        """Claim the study, download and decode its series: everything before the GPU (:meth:`finish`).
 
         Returns an outcome instead when there is nothing to analyze: held by a live
         worker, settled already, bad input (REJECTED) or its input gone (FAILED).

@@ -82,7 +82,7 @@ class Ticket:
 
 @dataclass
 class Worker:
-    """Pulls jobs, urgent before backfill, and runs them one at a time."""
+    """Pulls jobs, urgent before backfill: one on the GPU, the next being read (prefetch)."""
 
     settings: Settings
     urgent: Queue

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ctfleet.aws.clients import Clients
-from ctfleet.aws.fleet import FleetGroup, Protection
-from ctfleet.aws.failures import sorted_errors
+from ctfleet.aws.fleet import FleetGroup, Protection, launch_time
 from ctfleet.aws.imds import Imds
 from ctfleet.aws.ledger import InstanceClock, Ledger
 from ctfleet.aws.objects import Objects
@@ -103,7 +102,7 @@ def open_ledger(clients: Clients, settings: Settings, worker: Worker) -> Instanc
     instance = worker.runner.instance
     ready = time.time()
     try:
-        launched = _launch_time(clients, instance.instance_id) or ready
+        launched = launch_time(clients.ec2, instance.instance_id) or ready
         price = worker.runner.price()
         ledger = Ledger(Table(clients.dynamodb, settings.ledger_table))
         ledger.open(instance.instance_id, instance_type=instance.instance_type, market=instance.market,
@@ -112,16 +111,6 @@ def open_ledger(clients: Clients, settings: Settings, worker: Worker) -> Instanc
         return InstanceClock(ledger, instance.instance_id)
     except CtfleetError as exc:
         log.warning("no cost ledger for this instance", extra={"reason": exc.reason, "detail": exc.detail})
-        return None
-
-
-def _launch_time(clients: Clients, instance_id: str) -> float | None:
-    """When EC2 launched this instance; None outside EC2 (a laptop, an always-on local worker)."""
-    try:
-        with sorted_errors("ec2:describe_instances"):
-            reservations = clients.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
-        return float(reservations[0]["Instances"][0]["LaunchTime"].timestamp())
-    except (CtfleetError, LookupError):
         return None
 
 

@@ -159,6 +159,16 @@ class Protection:
             self.group = None
 
 
+def launch_time(ec2: Any, instance_id: str) -> float | None:
+    """When EC2 launched the instance (epoch seconds); None outside EC2 (a laptop, an always-on local worker)."""
+    try:
+        with sorted_errors("ec2:describe_instances"):
+            reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        return float(reservations[0]["Instances"][0]["LaunchTime"].timestamp())
+    except (CtfleetError, LookupError):
+        return None
+
+
 @retrying
 def oldest_message_age_s(cloudwatch: Any, queue_name: str, *, at: float) -> float:
     """The age of the queue's oldest message (CloudWatch ``ApproximateAgeOfOldestMessage``); 0 without data."""

@@ -12,25 +12,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-from .records import Table, iso, now
+from .records import iso, now
+from .repositories import Repository
 
 
-class Ledger:
-    """The ledger table.
-
-    Parameters
-    ----------
-    table : Table
-        ``Settings.ledger_table``.
-    """
-
-    def __init__(self, table: Table) -> None:
-        self.table = table
-
-    def get(self, instance_id: str) -> dict[str, Any] | None:
-        return self.table.get(instance_id)
+class Ledger(Repository):
+    """The ledger table (``Settings.ledger_table``), one item per instance."""
 
     def open(self, instance_id: str, *, instance_type: str, market: str, zone: str, launched_at: float,
              ready_at: float, price_per_hour_usd: float, price_source: str) -> None:
