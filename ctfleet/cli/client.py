@@ -42,6 +42,12 @@ class ApiClient:
 
     def upload(self, facility: str, files: list[tuple[str, bytes]], *, priority: str = "urgent") -> UploadResult:
         """Send one study; returns once the API has accepted the completed upload."""
+        sent = self.send(facility, files, priority=priority)
+        self.complete(sent.upload_id)
+        return sent
+
+    def send(self, facility: str, files: list[tuple[str, bytes]], *, priority: str = "urgent") -> UploadResult:
+        """Create an upload and send its files, without completing it (nothing is ingested yet)."""
         listing: list[dict[str, Any]] = [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in files]
         created = self._json(self.http.post(f"{self.base}/uploads", json={
             "facility": facility, "priority": priority, "files": listing}, timeout=self.timeout_s))
@@ -52,8 +58,11 @@ class ApiClient:
                                   timeout=self.timeout_s)
             if resp.status_code not in (200, 201, 204):
                 raise Transient(Reason.SERVICE_BUSY, f"presigned POST answered HTTP {resp.status_code}")
-        self._json(self.http.post(f"{self.base}/uploads/{created['upload_id']}/complete", timeout=self.timeout_s))
         return UploadResult(created["upload_id"], len(files), sum(len(b) for _, b in files))
+
+    def complete(self, upload_id: str) -> dict[str, Any]:
+        """Tell the API every file is in; ingest starts."""
+        return self._json(self.http.post(f"{self.base}/uploads/{upload_id}/complete", timeout=self.timeout_s))
 
     def get_upload(self, upload_id: str) -> dict[str, Any]:
         return self._json(self.http.get(f"{self.base}/uploads/{upload_id}", timeout=self.timeout_s))

@@ -81,11 +81,17 @@ def test_one_urgent_study_grows_the_fleet_from_zero_and_it_shrinks_back_after_th
 
 
 def test_a_backfill_runs_on_two_workers_and_an_urgent_study_overtakes_it(fleet_stack, api):
-    studies = [study(10 + n) for n in range(16)]
-    backfill = [api.upload("demo", files, priority="backfill") for files in studies[:10]]
+    # Every file is sent first; completing an upload is one small request, so the second half of
+    # the backlog and the urgent study enter the queues within a moment of each other, however
+    # fast the workers drain (sending as we go let two quick workers empty the queue on CI).
+    backfill = [api.send("demo", study(10 + n), priority="backfill") for n in range(20)]
+    urgent = api.send("demo", study(99))
+    for sent in backfill[:10]:
+        api.complete(sent.upload_id)
     wait_for(lambda: fleet_stack.fleet.size == 2, 60, "two workers for the backlog")
-    backfill += [api.upload("demo", files, priority="backfill") for files in studies[10:]]  # keep a backlog
-    urgent = api.upload("demo", study(99))
+    for sent in backfill[10:]:
+        api.complete(sent.upload_id)
+    api.complete(urgent.upload_id)
     urgent_done = api.wait(urgent.upload_id, timeout_s=180)["study"]
     assert urgent_done["status"] == "DONE"
     finals = [api.wait(b.upload_id, timeout_s=300)["study"] for b in backfill]
