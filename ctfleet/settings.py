@@ -41,6 +41,7 @@ class Env:
     FLEET_IDLE_GRACE_S = "CTFLEET_FLEET_IDLE_GRACE_S"
     FLEET_HORIZON_S = "CTFLEET_FLEET_HORIZON_S"
     FLEET_HOOK_S = "CTFLEET_FLEET_HOOK_S"
+    WORKER_PREFETCH = "CTFLEET_WORKER_PREFETCH"
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,8 @@ class Settings:
     # dead-letter queue only catches jobs that kill their worker outright, every time.
     job_max_failures: int = 3
     job_max_receives: int = 10
+    # Read the next study while the GPU analyzes the current one (off only to measure what it buys).
+    worker_prefetch: bool = True
     # How long a presigned upload URL stays valid, and how long an upload may
     # stay incomplete before it expires.
     upload_url_ttl_s: int = 3600
@@ -205,6 +208,7 @@ class Settings:
             fleet_idle_grace_s=float(env.get(Env.FLEET_IDLE_GRACE_S, base.fleet_idle_grace_s)),
             fleet_backfill_horizon_s=float(env.get(Env.FLEET_HORIZON_S, base.fleet_backfill_horizon_s)),
             fleet_termination_hook_s=float(env.get(Env.FLEET_HOOK_S, base.fleet_termination_hook_s)),
+            worker_prefetch=env.get(Env.WORKER_PREFETCH, "1" if base.worker_prefetch else "0") != "0",
         )
 
     def to_env(self) -> dict[str, str]:
@@ -234,6 +238,7 @@ class Settings:
             Env.FLEET_IDLE_GRACE_S: repr(self.fleet_idle_grace_s),
             Env.FLEET_HORIZON_S: repr(self.fleet_backfill_horizon_s),
             Env.FLEET_HOOK_S: repr(self.fleet_termination_hook_s),
+            Env.WORKER_PREFETCH: "1" if self.worker_prefetch else "0",
         }
         if self.endpoint_url:
             env[Env.ENDPOINT] = self.endpoint_url

@@ -56,6 +56,16 @@ class Prepared:
     read_s: float
 
 
+@dataclass
+class Analyzed:
+    """A study the model has read: its results are still to be written and recorded."""
+
+    prepared: Prepared
+    analysis: Any
+    analysis_at: tuple[float, float]  # wall-clock start and end of the model's run
+    seconds: float  # the instance's time on it so far: reading, then the model
+
+
 @dataclass(frozen=True)
 class Instance:
     """The machine a worker runs on, as recorded with each study and priced per GPU-second."""
@@ -130,11 +140,46 @@ class JobRunner:
             return JobOutcome(Status.FAILED, job.study_key, Reason.INPUT_MISSING)
 
     def finish(self, prepared: Prepared) -> JobOutcome:
-        """Analyze, write the results and record DONE."""
+        """Analyze, write the results and record DONE: :meth:`infer` then :meth:`record`."""
+        analyzed = self.infer(prepared)
+        return self.record(analyzed) if isinstance(analyzed, Analyzed) else analyzed
+
+    def infer(self, prepared: Prepared) -> Analyzed | JobOutcome:
+        """Run the model (the GPU's part); REJECTED if the volume can never be analyzed."""
         try:
             return self._analyze(prepared)
         except BadInput as exc:
             return self._reject(prepared.job, exc)
+
+    def record(self, analyzed: Analyzed) -> JobOutcome:
+        """Write the overlays, labels and SEG, and record DONE (the CPU's and S3's part)."""
+        try:
+            return self._record(analyzed)
+        except BadInput as exc:
+            return self._reject(analyzed.prepared.job, exc)
+
+    def _record(self, analyzed: Analyzed) -> JobOutcome:
+        p = analyzed.prepared
+        job, timings = p.job, p.timings
+        self.check_interrupt()
+        t_start = time.perf_counter()
+        lap = _laps(timings)
+        prefix, keys = self.writer.write(analyzed.analysis, p.volume, p.datasets, facility=job.facility,
+                                         study_key=job.study_key, model_version=self.model_version)
+        lap("upload")
+        self.check_interrupt()
+        # The instance's time on this study: reading, analyzing and writing it (not the waits between,
+        # when a prefetched study waits for the GPU or an analyzed one for the writer).
+        gpu_seconds = analyzed.seconds + time.perf_counter() - t_start
+        timings["total"] = gpu_seconds
+        report = analyzed.analysis.report
+        fields = self._done_fields(report, prefix, keys, gpu_seconds, timings, p.record)
+        fields["analysis_started_at"], fields["analysis_ended_at"] = (round(t, 3) for t in analyzed.analysis_at)
+        if not self.studies.mark_done(job, fields):
+            log.info("study settled by another attempt", extra={"study_key": job.study_key})
+        log.info("study done", extra={"study_key": job.study_key, "triage_level": report["triage_level"],
+                                      "score": report["score"], "seconds": round(gpu_seconds, 3)})
+        return JobOutcome(Status.DONE, job.study_key)
 
     def _reject(self, job: JobMessage, exc: BadInput) -> JobOutcome:
         self.studies.settle(job, Status.REJECTED, exc.reason, exc.detail)
@@ -179,28 +224,15 @@ class JobRunner:
         self.check_interrupt()
         return Prepared(job, record, volume, datasets, timings, time.perf_counter() - t_start)
 
-    def _analyze(self, p: Prepared) -> JobOutcome:
-        job, timings = p.job, p.timings
+    def _analyze(self, p: Prepared) -> Analyzed:
         self.check_interrupt()  # a prefetched study waited for the GPU; a notice may have come meanwhile
         t_start = time.perf_counter()
-        lap = _laps(timings)
+        started_at = time.time()  # wall clock, to see how busy the GPU is kept across studies
         analysis = self._run_model(p.volume)
-        lap("analyze")
+        _laps(p.timings, t_start)("analyze")
+        ended_at = time.time()
         self.check_interrupt()
-        prefix, keys = self.writer.write(analysis, p.volume, p.datasets, facility=job.facility,
-                                         study_key=job.study_key, model_version=self.model_version)
-        lap("upload")
-        self.check_interrupt()
-        # The instance's time on this study: reading it, then analyzing it (not the wait between,
-        # when a prefetched study waits for the GPU).
-        gpu_seconds = p.read_s + time.perf_counter() - t_start
-        timings["total"] = gpu_seconds
-        report = analysis.report
-        if not self.studies.mark_done(job, self._done_fields(report, prefix, keys, gpu_seconds, timings, p.record)):
-            log.info("study settled by another attempt", extra={"study_key": job.study_key})
-        log.info("study done", extra={"study_key": job.study_key, "triage_level": report["triage_level"],
-                                      "score": report["score"], "seconds": round(gpu_seconds, 3)})
-        return JobOutcome(Status.DONE, job.study_key)
+        return Analyzed(p, analysis, (started_at, ended_at), p.read_s + time.perf_counter() - t_start)
 
     def _run_model(self, volume: Any) -> Any:
         try:
@@ -236,9 +268,9 @@ class JobRunner:
         }
 
 
-def _laps(timings: dict[str, float]) -> Callable[[str], None]:
-    """``lap(name)`` records the seconds since the previous lap under ``name``."""
-    last = [time.perf_counter()]
+def _laps(timings: dict[str, float], since: float | None = None) -> Callable[[str], None]:
+    """``lap(name)`` records the seconds since the previous lap (or ``since``) under ``name``."""
+    last = [time.perf_counter() if since is None else since]
 
     def lap(name: str) -> None:
         t = time.perf_counter()

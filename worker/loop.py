@@ -1,12 +1,13 @@
 """The worker's receive loop, and the one place that settles a message.
 
 receive (urgent first) -> scale-in protection on -> parse -> heartbeat ->
-prepare (claim, download, decode) -> finish (analyze, upload, DONE) -> settle; protection
-off when the queues are empty. While the GPU finishes one study, the next message is
-received and prepared in a second thread with its own heartbeat (prefetch), so the
-analysis does not wait for S3 and DICOM decoding; a worker that stops hands a
-prefetched job back unrun. Deleting is the last step, so a crash anywhere before it means the
-message comes back and the work is redone; results are overwritten in place
+prepare (claim, download, decode) -> analyze (the model) -> record (write results, DONE) ->
+settle; protection off when the queues are empty. With prefetch the three stages overlap,
+each job keeping its own heartbeat: while the GPU analyzes one study, the next message is
+received and prepared in one thread and the previous study's results are written in
+another, so the model waits neither for S3 and DICOM decoding nor for rendering and
+uploads. A worker that stops hands a prefetched job back unrun. Deleting is the last
+step, so a crash anywhere before it means the message comes back and the work is redone; results are overwritten in place
 and the DONE write is conditional, so doing it twice is harmless.
 
 How a message is settled follows from how its job ended:
@@ -33,7 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -46,7 +47,7 @@ from ctfleet.errors import BadInput, CtfleetError, Interrupted
 from ctfleet.settings import Settings
 
 from .heartbeat import Heartbeat
-from .job import JobOutcome, JobRunner, Prepared
+from .job import Analyzed, JobOutcome, JobRunner, Prepared
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,16 @@ class Ticket:
     heartbeat: Heartbeat
     started: float
     prepared: Prepared | None = None
+    analyzed: Analyzed | None = None
     outcome: JobOutcome | None = None
-    action: Settle | None = None  # decided before the GPU (held, settled, rejected, failed, handed back)
-    busy_s: float = 0.0  # this instance's time on it: preparing plus analyzing, not waiting between
+    action: Settle | None = None  # decided once the job has ended (held, settled, rejected, failed, handed back)
 
 
 @dataclass
 class Worker:
-    """Pulls jobs, urgent before backfill: one on the GPU, the next being read (prefetch)."""
+    """Pulls jobs, urgent before backfill, in three overlapping stages (with ``prefetch``): the next
+    study is read while the GPU analyzes the current one and the previous one's results are written,
+    so the model waits neither for S3 and DICOM decoding nor for rendering and uploads."""
 
     settings: Settings
     urgent: Queue
@@ -95,9 +98,10 @@ class Worker:
     finished: threading.Event = field(default_factory=threading.Event)  # set when run() returns
     expected_job_s: float = 60.0  # how long a job takes, for the termination hook's finish-or-hand-back
     prefetch: bool = True  # read the next study while the GPU analyzes the current one
-    _active: list[Ticket] = field(default_factory=list)  # jobs taken and not yet settled (at most two)
+    _active: list[Ticket] = field(default_factory=list)  # jobs taken and not yet settled (at most three)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="prefetch"))
+    _reader: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="prefetch"))
+    _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="write"))
 
     def receive(self, wait_s: int) -> tuple[Queue, dict[str, Any]] | None:
         """One message, urgent before backfill; None if both queues are empty."""
@@ -121,27 +125,37 @@ class Worker:
         handled = 0
         idle_since = time.monotonic()
         ticket: Ticket | None = None
-        while ticket is not None or not self.stop.is_set():
-            if ticket is None:
-                ticket = self._next(IDLE_WAIT_S)
+        writing: Future[Any] | None = None  # the previous study's results, being written
+        try:
+            while ticket is not None or not self.stop.is_set():
                 if ticket is None:
-                    self._protect(False)
-                    if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
-                        break
-                    continue
-            last = max_jobs is not None and handled + 1 >= max_jobs
-            # While the GPU analyzes this study, the next one is received, downloaded and decoded.
-            upcoming = self._pool.submit(self._next, 0) if self.prefetch and not last and not self.stop.is_set() \
-                else None
-            self._complete(ticket)
-            handled += 1
-            idle_since = time.monotonic()
-            ticket = upcoming.result() if upcoming is not None else None
-            if ticket is not None and self.stop.is_set():
-                self._give_back(ticket)  # stopping: the prefetched job goes back at once, not run
-                ticket = None
-            if last:
-                break
+                    ticket = self._next(IDLE_WAIT_S)
+                    if ticket is None:
+                        writing = _done(writing)  # protection comes off only once the last result is written
+                        self._protect(False)
+                        if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                            break
+                        continue
+                last = max_jobs is not None and handled + 1 >= max_jobs
+                # While the GPU analyzes this study, the next one is received, downloaded and decoded.
+                upcoming = self._reader.submit(self._next, 0) if self.prefetch and not last and not self.stop.is_set() \
+                    else None
+                self._analyze(ticket)
+                writing = _done(writing)  # one study is written at a time, in the order analyzed
+                if self.prefetch:
+                    writing = self._writer.submit(self._complete, ticket)
+                else:
+                    self._complete(ticket)
+                handled += 1
+                idle_since = time.monotonic()
+                ticket = upcoming.result() if upcoming is not None else None
+                if ticket is not None and self.stop.is_set():
+                    self._give_back(ticket)  # stopping: the prefetched job goes back at once, not run
+                    ticket = None
+                if last:
+                    break
+        finally:
+            _done(writing)
         return handled
 
     def _next(self, wait_s: int) -> Ticket | None:
@@ -157,11 +171,15 @@ class Worker:
         self._protect(True)
         return self._take(*got)
 
-    def _book(self, seconds: float, *, handed_back: bool) -> None:
+    def _book(self, ticket: Ticket | None = None) -> None:
+        """The cost ledger's clock: a job taken (no ticket yet) or a ticket settled."""
         if self.clock is None:
             return
+        if ticket is None:
+            self.clock.started()
+            return
         try:
-            self.clock.job(seconds, handed_back=handed_back)
+            self.clock.ended(finished=ticket.action is Settle.DELETE)
         except CtfleetError as exc:  # the ledger is for finance; the job itself is settled
             log.warning("could not book the job in the cost ledger", extra={"reason": exc.reason})
 
@@ -206,21 +224,31 @@ class Worker:
         ticket = Ticket(queue, message, job, heartbeat.__enter__(), time.monotonic())
         with self._lock:
             self._active.append(ticket)
+        self._book()
         result, ticket.action = self._decide(job, lambda: self.runner.prepare(job))
         if isinstance(result, Prepared):
             ticket.prepared = result
         else:
             ticket.outcome = result
-        ticket.busy_s = time.monotonic() - ticket.started
         return ticket
 
+    def _analyze(self, ticket: Ticket) -> None:
+        """The GPU's stage: run the model on a prepared job (unless its outcome is known already)."""
+        prepared, ticket.prepared = ticket.prepared, None
+        if prepared is None or ticket.action is not None:
+            return
+        result, ticket.action = self._decide(ticket.job, lambda: self.runner.infer(prepared))
+        if isinstance(result, Analyzed):
+            ticket.analyzed = result
+        else:
+            ticket.outcome = result
+
     def _complete(self, ticket: Ticket) -> JobOutcome | None:
-        """Analyze the prepared job (unless its outcome is known already) and settle its message."""
-        prepared = ticket.prepared
-        if prepared is not None:
-            started = time.monotonic()
-            ticket.outcome, ticket.action = self._decide(ticket.job, lambda: self.runner.finish(prepared))
-            ticket.busy_s += time.monotonic() - started
+        """Run what is left of the job (analysis, then writing its results) and settle its message."""
+        self._analyze(ticket)
+        analyzed, ticket.analyzed = ticket.analyzed, None
+        if analyzed is not None and ticket.action is None:
+            ticket.outcome, ticket.action = self._decide(ticket.job, lambda: self.runner.record(analyzed))
         ticket.heartbeat.__exit__(None, None, None)
         with self._lock:
             self._active.remove(ticket)
@@ -246,8 +274,7 @@ class Worker:
     def _settle(self, ticket: Ticket) -> None:
         """The one place a message is settled, from how its job ended."""
         queue, receipt, action = ticket.queue, ticket.message["ReceiptHandle"], ticket.action
-        if action is not Settle.BACK_OFF:
-            self._book(ticket.busy_s, handed_back=action is Settle.HAND_BACK)
+        self._book(ticket)
         if action is Settle.DELETE:
             queue.delete(receipt)
         elif action is Settle.HAND_BACK:
@@ -272,3 +299,10 @@ class Worker:
             return  # no dead-letter queue known: SQS's redrive moves it there after maxReceiveCount
         dlq.send(message["Body"], {"reason": Reason.MALFORMED_JOB, "detail": exc.detail[:200]})
         queue.delete(message["ReceiptHandle"])
+
+
+def _done(future: Future[Any] | None) -> Future[Any] | None:
+    """Wait for a stage running in another thread (its errors surface here); None: nothing is pending."""
+    if future is not None:
+        future.result()
+    return None

@@ -72,7 +72,8 @@ def build_worker(settings: Settings, clients: Clients, imds: Imds) -> Worker:
                   backfill=queues[settings.backfill_queue.name], runner=runner, dead_letters=dead_letters,
                   protection=Protection(FleetGroup(clients.autoscaling, settings.fleet.group_name),
                                         instance.instance_id),
-                  expected_job_s=60.0 / settings.fleet.throughput_per_min(instance.instance_type))
+                  expected_job_s=60.0 / settings.fleet.throughput_per_min(instance.instance_type),
+                  prefetch=settings.worker_prefetch)
 
 
 def main(settings: Settings, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:

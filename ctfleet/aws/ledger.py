@@ -1,8 +1,8 @@
 """The cost ledger: what each GPU instance did with its time, and what it cost per hour.
 
 One item per instance, written by its worker: opened when the worker starts (boot
-seconds: launch to first readiness), added to after every job (busy seconds, or
-interrupted seconds for a job handed back), and closed when the worker stops
+seconds: launch to first readiness), added to after every busy period (busy seconds, or
+interrupted seconds when every job in it was handed back), and closed when the worker stops
 (the idle seconds between and after jobs, the end time). Fully loaded cost per
 study is the instance's total cost (boot + busy + idle + interrupted, at its
 price) spread over the studies it finished.
@@ -10,6 +10,7 @@ price) spread over the studies it finished.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -44,20 +45,45 @@ class Ledger(Repository):
 
 @dataclass
 class InstanceClock:
-    """Splits one instance's time into busy, interrupted and idle seconds, and books it in the ledger."""
+    """Splits one instance's wall-clock time into busy, interrupted and idle seconds, and books it.
+
+    A worker holds up to three jobs at once (one being read, one on the GPU, one being written),
+    so the clock follows busy periods, not jobs: the instance is busy from the moment it holds a
+    job until it holds none. A busy period in which no job finished (every one was handed back)
+    is booked as interrupted. One ledger write per busy period: its seconds, the idle seconds
+    before it, and the jobs that finished in it.
+    """
 
     ledger: Ledger
     instance_id: str
-    _since: float = field(default_factory=time.monotonic)  # end of the last job (or readiness)
+    _since: float = field(default_factory=time.monotonic)  # start of the current busy or idle period
+    _idle_s: float = 0.0  # idle before the current busy period, booked with it
+    _holding: int = 0
+    _finished: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def job(self, seconds: float, *, handed_back: bool) -> None:
-        """A job took ``seconds``: busy if it ended, interrupted if it was handed back."""
-        idle = max(0.0, time.monotonic() - self._since - seconds)
-        if handed_back:
-            self.ledger.add(self.instance_id, interrupted_s=seconds, idle_s=idle)
+    def started(self) -> None:
+        """The instance took a job."""
+        with self._lock:
+            if self._holding == 0:
+                t = time.monotonic()
+                self._idle_s, self._since, self._finished = t - self._since, t, 0
+            self._holding += 1
+
+    def ended(self, *, finished: bool) -> None:
+        """A job left the instance: ``finished`` (settled here) or not (handed back, or held elsewhere)."""
+        with self._lock:
+            self._holding -= 1
+            self._finished += int(finished)
+            if self._holding > 0:
+                return
+            t = time.monotonic()
+            busy, idle, jobs = t - self._since, self._idle_s, self._finished
+            self._since, self._idle_s = t, 0.0
+        if jobs:
+            self.ledger.add(self.instance_id, busy_s=busy, idle_s=idle, jobs=jobs)
         else:
-            self.ledger.add(self.instance_id, busy_s=seconds, idle_s=idle, jobs=1)
-        self._since = time.monotonic()
+            self.ledger.add(self.instance_id, interrupted_s=busy, idle_s=idle)
 
     def close(self, reason: str) -> None:
         self.ledger.close(self.instance_id, idle_s=max(0.0, time.monotonic() - self._since), reason=reason)

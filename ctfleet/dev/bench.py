@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path(os.path.expanduser("~/.cache/ctfleet-bench")))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
+    parser.add_argument("--no-fleet", action="store_true", help="skip the fleet's figures (local stack, ~8 min)")
     args = parser.parse_args(argv)
     import torch
 
@@ -181,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows)
     header = (f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores, torch {torch.__version__}, "
               f"threads {torch.get_num_threads()}; medians of {args.repeat} runs after a warm-up.\n\n")
+    if not args.no_fleet:
+        from ctfleet.dev import fleet_bench
+
+        text += "\n\n## The fleet\n\n" + (fleet_bench.__doc__ or "").split("\n\n", 1)[1] + "\n" + fleet_bench.main()
     print(header + text, file=sys.stderr)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 
 import pytest
@@ -181,6 +182,32 @@ def test_the_cost_ledger_books_boot_busy_idle_and_the_reason_the_instance_stoppe
     assert entry["closed_because"] == "spot_interruption" and entry["closed_at"] > 0 and entry["idle_s"] >= 0
 
 
+def test_the_cost_ledger_books_busy_periods_of_overlapping_jobs_once(stack):
+    from ctfleet.aws.ledger import InstanceClock, Ledger
+    from ctfleet.aws.records import Table
+
+    ledger = Ledger(Table(stack.clients.dynamodb, stack.settings.ledger_table))
+    ledger.open("i-clock", instance_type="g5.xlarge", market="spot", zone="", launched_at=0.0, ready_at=0.0,
+                price_per_hour_usd=1.0, price_source="test")
+    clock = InstanceClock(ledger, "i-clock")
+    t0 = time.monotonic()
+    clock.started()  # one job read, analyzed ...
+    clock.started()  # ... while the next is read: one busy period, not two
+    time.sleep(0.2)
+    clock.ended(finished=True)
+    time.sleep(0.1)
+    entry = ledger.get("i-clock")
+    assert entry["busy_s"] == 0 and entry["jobs"] == 0, "the period goes on while a job is held"
+    clock.ended(finished=True)
+    held = time.monotonic() - t0
+    entry = ledger.get("i-clock")
+    assert entry["jobs"] == 2 and 0.3 <= entry["busy_s"] <= held, "wall-clock seconds, not the sum of the jobs'"
+    clock.started()
+    clock.ended(finished=False)  # handed back: interrupted, no job
+    entry = ledger.get("i-clock")
+    assert entry["jobs"] == 2 and entry["interrupted_s"] > 0
+
+
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_the_next_study_is_read_while_the_current_one_is_analyzed(stack, worker, slices, prefetch):
     first = queue_job(stack, ("c1" if prefetch else "c2") * 12, slices)
@@ -190,6 +217,7 @@ def test_the_next_study_is_read_while_the_current_one_is_analyzed(stack, worker,
     assert a["status"] == b["status"] == Status.DONE
     if prefetch:
         assert b["started_at"] < a["done_at"], "the second study was claimed and read during the first's analysis"
+        assert b["analysis_started_at"] < a["done_at"], "the model ran on it while the first's results were written"
         # Its cost counts its own reading and analysis, not the wait for the GPU between them.
         assert b["gpu_seconds"] < b["done_at"] - b["started_at"]
     else:
