@@ -11,6 +11,9 @@ family             what the caller does
 :class:`Fault`     permanent, and not the input's fault (access denied, a missing
                    resource, a model that cannot run): alarm; SQS redelivers and
                    dead-letters, the record ends FAILED
+:class:`Refused`   the caller may not do this: answer 401 (:class:`Unauthenticated`,
+                   no valid token) or 403 (:class:`Forbidden`, a role or facility
+                   without the right) and change nothing
 =================  ===========================================================
 
 Every error ctfleet raises on purpose is one of these; anything else reaching
@@ -66,3 +69,15 @@ class Fault(CtfleetError):
 
 class NotFound(Fault):
     """A resource or object that should exist does not (a queue, a topic, an S3 object)."""
+
+
+class Refused(CtfleetError):
+    """The caller may not do this; nothing was changed."""
+
+
+class Unauthenticated(Refused):
+    """No token, or one that does not verify (HTTP 401)."""
+
+
+class Forbidden(Refused):
+    """A verified caller whose role or facility lacks the right (HTTP 403)."""

@@ -42,6 +42,9 @@ class Env:
     FLEET_HORIZON_S = "CTFLEET_FLEET_HORIZON_S"
     FLEET_HOOK_S = "CTFLEET_FLEET_HOOK_S"
     WORKER_PREFETCH = "CTFLEET_WORKER_PREFETCH"
+    AUTH_ISSUER = "CTFLEET_AUTH_ISSUER"
+    AUTH_CLIENT_ID = "CTFLEET_AUTH_CLIENT_ID"
+    AUTH_JWKS_URL = "CTFLEET_AUTH_JWKS_URL"
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,11 @@ class Settings:
     # How long the termination lifecycle hook holds a terminating instance.
     fleet_termination_hook_s: float = 300.0
     message_version: int = 1
+    # Identity: the Cognito user pool (its issuer URL) and app client whose access tokens the API
+    # trusts; the JWKS URL defaults to the issuer's (locally, the moto server's copy).
+    auth_issuer: str | None = None
+    auth_client_id: str | None = None
+    auth_jwks_url: str | None = None
 
     # -- construction -----------------------------------------------------------------
 
@@ -209,6 +217,9 @@ class Settings:
             fleet_backfill_horizon_s=float(env.get(Env.FLEET_HORIZON_S, base.fleet_backfill_horizon_s)),
             fleet_termination_hook_s=float(env.get(Env.FLEET_HOOK_S, base.fleet_termination_hook_s)),
             worker_prefetch=env.get(Env.WORKER_PREFETCH, "1" if base.worker_prefetch else "0") != "0",
+            auth_issuer=env.get(Env.AUTH_ISSUER) or None,
+            auth_client_id=env.get(Env.AUTH_CLIENT_ID) or None,
+            auth_jwks_url=env.get(Env.AUTH_JWKS_URL) or None,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -242,6 +253,10 @@ class Settings:
         }
         if self.endpoint_url:
             env[Env.ENDPOINT] = self.endpoint_url
+        for name, value in ((Env.AUTH_ISSUER, self.auth_issuer), (Env.AUTH_CLIENT_ID, self.auth_client_id),
+                            (Env.AUTH_JWKS_URL, self.auth_jwks_url)):
+            if value:
+                env[name] = value
         if self.api_url:
             env[Env.API_URL] = self.api_url
         return env

@@ -1,15 +1,23 @@
 """The HTTP API (API Gateway HTTP API, payload v2): uploads and the worklist.
 
-Routes
-------
-POST /uploads                      {facility, priority?, files: [{name, size, sha256}]}
-                                   -> 201 {upload_id, files: [{name, url, fields}], complete_url}
-POST /uploads/{upload_id}/complete -> 202 once every promised file is in S3 (409 otherwise)
-GET  /uploads/{upload_id}          -> the upload record (status, reason, study_key)
-GET  /studies?facility=F           -> the facility's worklist, newest first
-GET  /studies/{study_key}          -> one study with presigned result URLs
+Every route needs a verified Cognito access token: API Gateway's JWT authorizer (locally,
+:class:`ctfleet.local.api_server.ApiServer`) checks it and passes its claims in
+``requestContext.authorizer.jwt.claims``; the caller's facility and role come from there
+only (:class:`ctfleet.access.Principal`). Another facility's upload or study answers 404,
+as if it did not exist; a role without the right answers 403; no token 401.
 
-File names live only in the raw bucket (they may carry PHI); records hold counts.
+Routes (right needed)
+---------------------
+POST /uploads                      {priority?, files: [{name, size, sha256}]}            upload
+                                   -> 201 {upload_id, files: [{name, url, fields}], complete_url}
+POST /uploads/{upload_id}/complete -> 202 once every promised file is in S3 (409 otherwise)  upload
+GET  /uploads/{upload_id}          -> the upload's status, reason and study key           status
+GET  /studies                      -> the facility's worklist, newest first              status
+GET  /studies/{study_key}          -> one study; with findings and presigned result URLs   status
+                                      for the clinical roles
+
+File names live only in the raw bucket (they may carry PHI); records hold counts. What each
+role is shown of a record is :mod:`ctfleet.access.views`.
 """
 
 from __future__ import annotations
@@ -29,7 +37,6 @@ from ctfleet.contracts import (
     Reason,
     Status,
     UploadStatus,
-    check_facility,
     check_file_name,
     check_sha256,
     check_upload_id,
@@ -38,7 +45,8 @@ from ctfleet.contracts import (
     raw_key,
     raw_prefix,
 )
-from ctfleet.errors import BadInput
+from ctfleet.access import Principal, Right, study_view, upload_view
+from ctfleet.errors import BadInput, Forbidden, Unauthenticated
 
 from .deps import HandlerDeps
 from .runtime import deps
@@ -69,11 +77,17 @@ def handle(event: dict[str, Any], api: HandlerDeps) -> Response:
     http = event.get("requestContext", {}).get("http", {})
     method = http.get("method", "GET").upper()
     path = event.get("rawPath") or http.get("path", "/")
-    for route_method, pattern, route in ROUTES:
+    for route_method, pattern, right, route in ROUTES:
         match = pattern.match(path)
         if match and route_method == method:
             try:
-                return route(api, event, **match.groupdict())
+                who = Principal.from_claims(_claims(event), api.settings.facilities)
+                who.require(right)
+                return route(api, event, who, **match.groupdict())
+            except Unauthenticated as exc:
+                return error(401, exc.reason, exc.detail)
+            except Forbidden as exc:
+                return error(403, exc.reason, exc.detail)
             except BadInput as exc:
                 return error(400, exc.reason, exc.detail)
     return error(404, Reason.NOT_FOUND, f"no route for {method} {path}")
@@ -83,35 +97,52 @@ def lambda_handler(event: dict[str, Any], context: Any) -> Response:
     return handle(event, deps())
 
 
+def _claims(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The verified token's claims, where API Gateway's JWT authorizer puts them."""
+    claims = ((event.get("requestContext") or {}).get("authorizer") or {}).get("jwt", {}).get("claims")
+    return claims if isinstance(claims, dict) else None
+
+
 def _body(event: dict[str, Any]) -> dict[str, Any]:
     raw = event.get("body") or ""
-    if event.get("isBase64Encoded"):
-        raw = base64.b64decode(raw).decode()
     try:
+        if event.get("isBase64Encoded"):
+            raw = base64.b64decode(raw).decode("utf-8")
         data = json.loads(raw or "{}")
-    except ValueError as exc:
-        raise BadInput(Reason.BAD_REQUEST, "body must be JSON") from exc
+    except (ValueError, RecursionError) as exc:  # bad base64 or UTF-8, not JSON, nested too deep
+        raise BadInput(Reason.BAD_REQUEST, "body must be a JSON object in UTF-8") from exc
     if not isinstance(data, dict):
         raise BadInput(Reason.BAD_REQUEST, "body must be a JSON object")
     return data
 
 
-def _facility(api: HandlerDeps, value: Any) -> str:
-    facility = check_facility(value)
-    if facility not in api.settings.facilities:
-        raise BadInput(Reason.UNKNOWN_FACILITY, "facility is not configured on this stack")
-    return facility
+def _same_facility(who: Principal, named: Any) -> None:
+    """A request may name the caller's own facility (older clients do); never another one."""
+    if named is None:
+        return
+    if not isinstance(named, str):
+        raise BadInput(Reason.BAD_REQUEST, "facility must be a string")
+    if named != who.facility:
+        raise Forbidden(Reason.FACILITY_MISMATCH, "the facility comes from your account; it names another")
+
+
+def _own(record: dict[str, Any] | None, who: Principal) -> dict[str, Any] | None:
+    """The record if it belongs to the caller's facility; another facility's is as good as absent."""
+    return record if record is not None and record.get("facility") == who.facility else None
 
 
 # -- uploads -------------------------------------------------------------------------
 
 
-def create_upload(api: HandlerDeps, event: dict[str, Any]) -> Response:
+def create_upload(api: HandlerDeps, event: dict[str, Any], who: Principal) -> Response:
     body = _body(event)
-    facility = _facility(api, body.get("facility"))
-    priority = body.get("priority", Priority.URGENT)
+    _same_facility(who, body.get("facility"))
+    facility = who.facility
+    priority = body.get("priority", Priority.URGENT if who.may(Right.URGENT) else Priority.BACKFILL)
     if priority not in Priority.ALL:
         raise BadInput(Reason.BAD_REQUEST, "priority must be urgent or backfill")
+    if priority == Priority.URGENT:
+        who.require(Right.URGENT)
     files = body.get("files")
     if not isinstance(files, list):
         raise BadInput(Reason.BAD_REQUEST, "files must be a list of {name, size, sha256?}")
@@ -158,13 +189,13 @@ def _promised_files(files: list[Any]) -> tuple[ManifestFile, ...]:
     return tuple(promised)
 
 
-def complete_upload(api: HandlerDeps, event: dict[str, Any], upload_id: str) -> Response:
-    record = api.uploads.get(check_upload_id(upload_id))
+def complete_upload(api: HandlerDeps, event: dict[str, Any], who: Principal, upload_id: str) -> Response:
+    record = _own(api.uploads.get(check_upload_id(upload_id)), who)
     if record is None:
         return error(404, Reason.NOT_FOUND, "no such upload")
     if record["status"] != UploadStatus.RECEIVED:
         # Completing twice is harmless: the manifest exists, ingest is idempotent.
-        return response(202, _public_upload(record))
+        return response(202, upload_view(record, who))
     s = api.settings
     facility = record["facility"]
     promised = Manifest.from_json(api.raw.get(promised_key(facility, upload_id)))
@@ -175,49 +206,38 @@ def complete_upload(api: HandlerDeps, event: dict[str, Any], upload_id: str) -> 
                      f"{len(missing)} of {len(promised.files)} files are missing or of the wrong size")
     updated = api.uploads.complete(upload_id)
     if updated is None:
-        return response(202, _public_upload(api.uploads.get(upload_id) or record))
+        return response(202, upload_view(api.uploads.get(upload_id) or record, who))
     # The manifest's arrival is the S3 event that starts ingest; it is written last.
     api.raw.put(raw_key(facility, upload_id, s.manifest_name), promised.to_json().encode(), "application/json")
     log.info("upload complete", extra={"upload_id": upload_id, "facility": facility})
-    return response(202, _public_upload(updated))
+    return response(202, upload_view(updated, who))
 
 
-def get_upload(api: HandlerDeps, event: dict[str, Any], upload_id: str) -> Response:
-    record = api.uploads.get(upload_id)
+def get_upload(api: HandlerDeps, event: dict[str, Any], who: Principal, upload_id: str) -> Response:
+    record = _own(api.uploads.get(upload_id), who)
     if record is None:
         return error(404, Reason.NOT_FOUND, "no such upload")
-    return response(200, _public_upload(record))
-
-
-def _public_upload(record: dict[str, Any]) -> dict[str, Any]:
-    keys = ("upload_id", "facility", "priority", "status", "reason", "study_key", "files", "bytes",
-            "created_at", "received_at", "completed_at", "ingested_at", "duplicate_of")
-    return {k: record[k] for k in keys if k in record}
+    return response(200, upload_view(record, who))
 
 
 # -- studies -------------------------------------------------------------------------
 
 
-def list_studies(api: HandlerDeps, event: dict[str, Any]) -> Response:
-    query = event.get("queryStringParameters") or {}
-    facility = _facility(api, query.get("facility"))
-    items = api.studies.for_facility(facility, limit=200)
-    return response(200, {"studies": [_public_study(api, i, urls=False) for i in items]})
+def list_studies(api: HandlerDeps, event: dict[str, Any], who: Principal) -> Response:
+    _same_facility(who, (event.get("queryStringParameters") or {}).get("facility"))
+    items = api.studies.for_facility(who.facility, limit=200)
+    return response(200, {"studies": [study_view(i, who) for i in items]})
 
 
-def get_study(api: HandlerDeps, event: dict[str, Any], study_key: str) -> Response:
-    record = api.studies.get(study_key)
+def get_study(api: HandlerDeps, event: dict[str, Any], who: Principal, study_key: str) -> Response:
+    record = _own(api.studies.get(study_key), who)
     if record is None:
         return error(404, Reason.NOT_FOUND, "no such study")
-    return response(200, _public_study(api, record, urls=True))
-
-
-def _public_study(api: HandlerDeps, record: dict[str, Any], *, urls: bool) -> dict[str, Any]:
-    out = {k: v for k, v in record.items() if k not in ("alert_claimed_at",)}
-    if urls and record.get("status") == Status.DONE:
+    out = study_view(record, who)
+    if who.may(Right.FINDINGS) and record.get("status") == Status.DONE:
         out["result_urls"] = {_result_name(key): api.results.presigned_get(key, RESULT_URL_TTL_S)
                               for key in record.get("result_keys", [])}
-    return out
+    return response(200, out)
 
 
 def _result_name(key: str) -> str:
@@ -227,13 +247,13 @@ def _result_name(key: str) -> str:
 
 
 Route = Callable[..., Response]
-# Method, path pattern (its named groups become keyword arguments), function.
-ROUTES: tuple[tuple[str, re.Pattern[str], Route], ...] = (
-    ("POST", re.compile(r"^/uploads$"), create_upload),
-    ("POST", re.compile(r"^/uploads/(?P<upload_id>[0-9a-f]{32})/complete$"), complete_upload),
-    ("GET", re.compile(r"^/uploads/(?P<upload_id>[0-9a-f]{32})$"), get_upload),
-    ("GET", re.compile(r"^/studies$"), list_studies),
-    ("GET", re.compile(r"^/studies/(?P<study_key>[0-9a-f]{8,64})$"), get_study),
+# Method, path pattern (its named groups become keyword arguments), the right it needs, function.
+ROUTES: tuple[tuple[str, re.Pattern[str], str, Route], ...] = (
+    ("POST", re.compile(r"^/uploads$"), Right.UPLOAD, create_upload),
+    ("POST", re.compile(r"^/uploads/(?P<upload_id>[0-9a-f]{32})/complete$"), Right.UPLOAD, complete_upload),
+    ("GET", re.compile(r"^/uploads/(?P<upload_id>[0-9a-f]{32})$"), Right.STATUS, get_upload),
+    ("GET", re.compile(r"^/studies$"), Right.STATUS, list_studies),
+    ("GET", re.compile(r"^/studies/(?P<study_key>[0-9a-f]{8,64})$"), Right.STATUS, get_study),
 )
 
 __all__ = ["ROUTES", "handle", "lambda_handler"]

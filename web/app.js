@@ -1,13 +1,88 @@
-// ctfleet web: upload a study straight to S3 with presigned POSTs, follow it, review results.
+// ctfleet web: sign in, upload a study straight to S3 with presigned POSTs, follow it, review results.
 "use strict";
-const api = (path, opts) => fetch("/api" + path, opts).then(async (r) => {
+const $ = (id) => document.getElementById(id);
+const FINAL = new Set(["DONE", "REJECTED", "FAILED"]);
+
+// -- signing in: Cognito's InitiateAuth, called from the page (no SDK); the access token is kept
+// for this tab only (sessionStorage) and sent as a bearer token with every API call.
+let config = null;
+const session = {
+  get token() { return sessionStorage.getItem("ctfleet.token"); },
+  set(token) { sessionStorage.setItem("ctfleet.token", token); },
+  clear() { sessionStorage.removeItem("ctfleet.token"); },
+};
+
+async function cognito(action, body) {
+  const c = config.cognito;
+  const endpoint = c.endpoint || `https://cognito-idp.${c.region}.amazonaws.com/`;
+  const r = await fetch(endpoint, { method: "POST", body: JSON.stringify(body), headers: {
+    "content-type": "application/x-amz-json-1.1", "x-amz-target": `AWSCognitoIdentityProviderService.${action}` } });
+  const out = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(out.message || out.__type || `sign-in failed (HTTP ${r.status})`);
+  return out;
+}
+
+let challenge = null; // {name, session, username} while an MFA code is awaited
+async function signIn(e) {
+  e.preventDefault();
+  $("signin-error").textContent = "";
+  try {
+    const username = $("username").value.trim();
+    let out;
+    if (challenge) {
+      out = await cognito("RespondToAuthChallenge", { ClientId: config.cognito.client_id, ChallengeName: challenge.name,
+        Session: challenge.session, ChallengeResponses: { USERNAME: challenge.username, SOFTWARE_TOKEN_MFA_CODE: $("mfa").value.trim() } });
+    } else {
+      out = await cognito("InitiateAuth", { ClientId: config.cognito.client_id, AuthFlow: "USER_PASSWORD_AUTH",
+        AuthParameters: { USERNAME: username, PASSWORD: $("password").value } });
+    }
+    if (out.ChallengeName === "SOFTWARE_TOKEN_MFA") {
+      challenge = { name: out.ChallengeName, session: out.Session, username };
+      $("mfa-label").hidden = false; $("mfa").focus();
+      return;
+    }
+    if (!out.AuthenticationResult) throw new Error(`sign-in needs a step this page cannot take (${out.ChallengeName})`);
+    challenge = null;
+    session.set(out.AuthenticationResult.AccessToken);
+    $("password").value = ""; $("mfa").value = "";
+    signedIn();
+  } catch (err) {
+    $("signin-error").textContent = err.message;
+  }
+}
+
+function claims(token) {
+  // For display only: the API verifies the token, the page merely shows whose it is.
+  const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+  return JSON.parse(atob(part + "=".repeat((4 - part.length % 4) % 4)));
+}
+
+function signedIn() {
+  const c = claims(session.token);
+  const groups = c["cognito:groups"] || [];
+  const of = (prefix) => (groups.find((g) => g.startsWith(prefix)) || "").slice(prefix.length);
+  $("whoami").textContent = `${c.username || "signed in"} · ${of("role:")} · ${of("facility:")}`;
+  $("signin").hidden = true; $("mfa-label").hidden = true;
+  $("whoami").hidden = false; $("signout").hidden = false;
+  document.querySelector("main").hidden = false;
+  refresh().catch(() => {});
+  route();
+}
+
+function signOut(message) {
+  session.clear(); challenge = null;
+  document.querySelector("main").hidden = true;
+  $("whoami").hidden = true; $("signout").hidden = true; $("signin").hidden = false;
+  $("signin-error").textContent = message || "";
+}
+
+const api = (path, opts = {}) => fetch("/api" + path, { ...opts,
+  headers: { ...(opts.headers || {}), authorization: `Bearer ${session.token}` } }).then(async (r) => {
   const body = await r.json().catch(() => ({}));
+  if (r.status === 401) signOut("Your session has ended; sign in again.");
   if (!r.ok) throw new Error(`${body.error || r.status}: ${body.message || "request failed"}`);
   return body;
 });
-const $ = (id) => document.getElementById(id);
-const facility = () => $("facility").value.trim();
-const FINAL = new Set(["DONE", "REJECTED", "FAILED"]);
 
 async function sha256(file) {
   const digest = await crypto.subtle.digest("SHA-256", await file.arrayBuffer());
@@ -29,7 +104,7 @@ async function send(files) {
     const listing = [];
     for (const f of files) listing.push({ name: f.webkitRelativePath || f.name, size: f.size, sha256: await sha256(f) });
     const up = await api("/uploads", { method: "POST", headers: { "content-type": "application/json" },
-      body: JSON.stringify({ facility: facility(), priority: $("priority").value, files: listing }) });
+      body: JSON.stringify({ priority: $("priority").value, files: listing }) });
     const byName = new Map(files.map((f, i) => [listing[i].name, f]));
     let sent = 0;
     for (const target of up.files) {
@@ -62,7 +137,7 @@ async function follow(uploadId, say) {
 }
 
 async function refresh() {
-  const { studies } = await api(`/studies?facility=${encodeURIComponent(facility())}`);
+  const { studies } = await api("/studies");
   const rows = $("rows");
   rows.replaceChildren();
   if (!studies.length) { rows.innerHTML = '<tr><td colspan="6">No studies yet.</td></tr>'; return; }
@@ -81,7 +156,7 @@ async function showStudy(key) {
   $("study").hidden = false;
   $("study-key").textContent = key;
   const facts = { Status: st.status + (st.reason ? ` (${st.reason})` : ""), Triage: st.triage_level, Score: st.score,
-    "Severity (0–24)": st.severity_score, Model: st.model_version, "GPU seconds": st.gpu_seconds, "Cost (USD)": st.cost_usd };
+    "Severity (0–24)": st.severity_score, Model: st.model_version };
   const dl = $("study-facts");
   dl.replaceChildren();
   for (const [k, v] of Object.entries(facts)) {
@@ -131,7 +206,10 @@ drop.addEventListener("drop", async (e) => {
 $("folder").addEventListener("change", (e) => send([...e.target.files]));
 $("files").addEventListener("change", (e) => send([...e.target.files]));
 $("refresh").addEventListener("click", refresh);
-$("facility").addEventListener("change", refresh);
+$("signin").addEventListener("submit", signIn);
+$("signout").addEventListener("click", () => signOut());
 window.addEventListener("hashchange", route);
-refresh().catch(() => {});
-route();
+fetch("config.json").then((r) => r.json()).then((c) => {
+  config = c;
+  if (session.token) signedIn();
+}).catch(() => { $("signin-error").textContent = "Could not load the page's configuration."; });

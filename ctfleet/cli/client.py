@@ -13,7 +13,7 @@ from typing import Any
 import requests
 
 from ctfleet.contracts import Reason
-from ctfleet.errors import BadInput, Transient
+from ctfleet.errors import BadInput, Forbidden, Transient, Unauthenticated
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,12 @@ class UploadResult:
 
 
 class ApiClient:
-    def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 30.0) -> None:
         self.base = base_url.rstrip("/")
         self.http = requests.Session()
         self.timeout_s = timeout_s
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
 
     def _json(self, resp: requests.Response) -> dict[str, Any]:
         try:
@@ -36,6 +38,10 @@ class ApiClient:
             raise Transient(Reason.SERVICE_BUSY, f"HTTP {resp.status_code} without JSON") from exc
         if resp.status_code >= 500:
             raise Transient(str(data.get("error", Reason.SERVICE_BUSY)), str(data.get("message", "")))
+        if resp.status_code == 401:
+            raise Unauthenticated(str(data.get("error", Reason.NO_TOKEN)), str(data.get("message", "")))
+        if resp.status_code == 403:
+            raise Forbidden(str(data.get("error", Reason.ROLE_NOT_ALLOWED)), str(data.get("message", "")))
         if resp.status_code >= 400:
             raise BadInput(str(data.get("error", Reason.BAD_REQUEST)), str(data.get("message", "")))
         return data

@@ -34,6 +34,20 @@ def up(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def token(args: argparse.Namespace, settings: Settings) -> int:
+    """``ctfleet local token``: an access token of a user of the running local stack."""
+    from ctfleet.local.identity import LocalPool, state_path
+
+    path = state_path(settings)
+    pool = LocalPool.load(path)
+    name = pool.user(args.facility, args.role, args.user)
+    pool.save(path)  # a new user's password, for the next call
+    signed = pool.sign_in(name)
+    print(f"local: signed in {name} ({args.role} of {args.facility})", file=sys.stderr)
+    print(json.dumps({"token": signed["token"], "expires_at": signed["expires_at"]}))
+    return 0
+
+
 def _report_fleet(stack: LocalStack, last: int) -> int:
     size = stack.fleet.size if stack.fleet is not None else 0
     if size != last:

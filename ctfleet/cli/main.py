@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--boot-delay", type=float, default=5.0, help="seconds an instance takes to boot")
     up.add_argument("--port", type=int, default=8080, help="port of the web page and API (0: any free port)")
 
+    tok = local_sub.add_parser("token", help="sign in a local user; prints {token, expires_at} as the last line")
+    tok.add_argument("--facility", required=True, help="the user's facility")
+    tok.add_argument("--role", required=True, choices=("clinician", "radiologist", "it", "finance"))
+    tok.add_argument("--user", default=None, help="user name (default <facility>-<role>; created if needed)")
+
     p = sub.add_parser("demo", help="send synthetic studies (and any folders given) from upload to alert")
     p.add_argument("folders", nargs="*", type=Path, help="extra study folders to send")
     p.add_argument("--fleet-max", type=int, default=2, help="most instances the fleet may grow to (from 0)")
@@ -98,6 +103,12 @@ def _local_up(args: argparse.Namespace, settings: Settings) -> int:
     return up(args, settings)
 
 
+def _local_token(args: argparse.Namespace, settings: Settings) -> int:
+    from .local import token
+
+    return token(args, settings)
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from .local import demo
 
@@ -120,6 +131,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "analyze": _analyze,
     "deid": _deid,
     "local up": _local_up,
+    "local token": _local_token,
     "demo": _demo,
     "scale": _scale,
     "worker": _worker,

@@ -41,6 +41,19 @@ class Reason:
     INPUT_MISSING = "input_missing"  # the study's de-identified objects are gone: it can never run
     MALFORMED_JOB = "malformed_job"  # a job message no worker can read: sent to the dead-letter queue
     BAD_REQUEST = "bad_request"  # an API request that is malformed
+    # Identity and access: answered by the API (401 for the token, 403 for the right), never recorded.
+    NO_TOKEN = "no_token"  # no bearer token
+    TOKEN_MALFORMED = "token_malformed"  # not a JWT, or a required claim missing
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_NOT_YET_VALID = "token_not_yet_valid"  # nbf or iat in the future (beyond the clock skew)
+    WRONG_ISSUER = "wrong_issuer"  # not our user pool
+    WRONG_AUDIENCE = "wrong_audience"  # not our app client
+    WRONG_TOKEN_USE = "wrong_token_use"  # an ID or refresh token where an access token belongs
+    BAD_SIGNATURE = "bad_signature"  # not signed by a key of the pool's JWKS
+    ALG_NOT_ALLOWED = "alg_not_allowed"  # anything but RS256 (none, HS256 ...)
+    NO_FACILITY = "no_facility"  # the token names no facility of this stack, or more than one
+    ROLE_NOT_ALLOWED = "role_not_allowed"  # the token's role lacks the right for this route
+    FACILITY_MISMATCH = "facility_mismatch"  # a request naming a facility other than the token's
     NOT_FOUND = "not_found"  # no such route, upload, study, object or resource
     # Errors of the services behind us (never recorded as a study's reason; they say how to retry).
     SERVICE_BUSY = "service_busy"  # throttling, 5xx, connection trouble: retried

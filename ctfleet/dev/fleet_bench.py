@@ -80,7 +80,7 @@ def run_backlog(settings: Settings, files: list[list[tuple[str, bytes]]], *, wor
     from ctfleet.local.stack import LocalStack
 
     with LocalStack(replace(settings, worker_prefetch=prefetch), workers=0) as stack:
-        api = ApiClient(stack.api_url + "/api")
+        api = ApiClient(stack.api_url + "/api", token=stack.token(settings.facilities[0], "it"))
         sent = [api.send(settings.facilities[0], f, priority="backfill") for f in files]
         for s in sent:
             api.complete(s.upload_id)
@@ -111,7 +111,7 @@ def run_from_zero(settings: Settings, files: list[tuple[str, bytes]], *, boot_s:
     from ctfleet.local.stack import LocalStack
 
     with LocalStack(settings, fleet_max=1, boot_s=boot_s, scaler_interval_s=60.0) as stack:
-        api = ApiClient(stack.api_url + "/api")
+        api = ApiClient(stack.api_url + "/api", token=stack.token(settings.facilities[0], "clinician"))
         assert stack.fleet is not None and stack.fleet.size == 0
         t0 = time.time()
         up = api.upload(settings.facilities[0], files)

@@ -72,7 +72,7 @@ def run_demo(settings: Settings, folders: list[Path], *, fleet_max: int = 2, tim
     print(f"demo: starting the local stack with a fleet of 0..{fleet_max} ({DEMO_BOOT_S:g} s boot)", file=err)
     with LocalStack(settings, fleet_max=fleet_max, boot_s=DEMO_BOOT_S, worker_log=worker_log) as stack:
         watch = FleetWatch(stack, err)
-        api = ApiClient(stack.api_url + "/api")
+        api = ApiClient(stack.api_url + "/api", token=stack.token(facility, "clinician"))
         pending: dict[str, tuple[DemoStudy, float]] = {}
         for study in studies:
             up = api.upload(facility, study.files)

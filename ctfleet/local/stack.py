@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ctfleet.access import TokenVerifier
 from ctfleet.aws.clients import Clients
 from ctfleet.aws.fleet import FleetGroup
 from ctfleet.settings import Settings
@@ -33,6 +34,7 @@ from ctfleet.settings import Settings
 from .api_server import ApiServer
 from .httpd import free_port
 from .fleet import LocalFleet, LocalInstance
+from .identity import LocalPool, create_pool, state_path
 from .imds_server import LocalImds
 from .pollers import Every, QueuePoller, StreamPoller
 from .provision import provision
@@ -86,6 +88,7 @@ class LocalStack:
         self._api: ApiServer | None = None
         self._pollers: list[threading.Thread] = []
         self.resources: dict[str, Any] = {}
+        self.pool: LocalPool
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -104,6 +107,10 @@ class LocalStack:
         self.clients = Clients(self.settings)
         self.resources = provision(self.clients, {f: local_secret(self.settings, f) for f in self.settings.facilities},
                                    web_origins=(str(self.settings.api_url),))
+        self.pool = create_pool(self.clients.client("cognito-idp"), self.settings, endpoint)
+        self.settings = replace(self.settings, auth_issuer=self.pool.issuer, auth_client_id=self.pool.client_id,
+                                auth_jwks_url=self.pool.jwks_url)
+        self.clients = Clients(self.settings)
         self.alert_inbox_url = self._subscribe_inbox()
         self._start_handlers(api_port)
         for i in range(self.n_workers):
@@ -120,8 +127,13 @@ class LocalStack:
         from dispatcher.deps import HandlerDeps
 
         deps = HandlerDeps(self.clients)
-        self._api = ApiServer(lambda e: api.handle(e, deps), port=api_port).start()
         s = self.settings
+        verifier = TokenVerifier(str(s.auth_issuer), str(s.auth_client_id), s.auth_jwks_url)
+        web_config = {"cognito": {"endpoint": self.pool.endpoint, "region": s.region, "client_id": s.auth_client_id}}
+        self._api = ApiServer(lambda e: api.handle(e, deps), verifier.verify, port=api_port,
+                              web_config=web_config).start()
+        self.pool.api, self.pool.web = self._api.url + "/api", self._api.url + "/"
+        self.pool.save(state_path(s))
         pollers: list[QueuePoller | StreamPoller | Every] = [
             QueuePoller(self.clients, s.ingest_queue.name, lambda e: ingest.handle(e, deps), self.stop_event),
             StreamPoller(self.clients, self.resources["stream_arn"], lambda e: triage.handle(e, deps),
@@ -195,6 +207,7 @@ class LocalStack:
             t.join(timeout=5)
         if self._api:
             self._api.stop()
+            state_path(self.settings).unlink(missing_ok=True)
         if self._moto:
             self._moto.stop()
 
@@ -210,7 +223,22 @@ class LocalStack:
         return self._api.url
 
     def urls(self) -> dict[str, str]:
-        return {"web": self.api_url + "/", "api": self.api_url + "/api", "aws": str(self.settings.endpoint_url)}
+        """Where everything is: ``api``, ``web``, ``endpoint`` (the moto server) and the user pool."""
+        return {"api": self.api_url + "/api", "web": self.api_url + "/", "endpoint": str(self.settings.endpoint_url),
+                "user_pool_id": self.pool.user_pool_id, "client_id": self.pool.client_id}
+
+    def record(self, study_key: str) -> dict[str, Any] | None:
+        """A study's whole record, as the table holds it (the API shows each role only some fields)."""
+        from ctfleet.aws.records import Table
+        from ctfleet.aws.repositories import Studies
+
+        return Studies(Table(self.clients.dynamodb, self.settings.studies_table)).get(study_key)
+
+    def token(self, facility: str, role: str = "clinician", user: str | None = None) -> str:
+        """An access token of a local user of ``facility`` with ``role`` (created if needed)."""
+        token = self.pool.token(facility, role, user)
+        self.pool.save(state_path(self.settings))  # a new user's password, for `ctfleet local token`
+        return token
 
     def drain_alerts(self, wait_s: int = 1) -> list[dict[str, Any]]:
         """Alerts delivered to the local inbox since the last call."""

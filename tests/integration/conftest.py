@@ -28,4 +28,4 @@ def stack(worker_log):
 
 @pytest.fixture(scope="session")
 def api(stack) -> ApiClient:
-    return ApiClient(stack.api_url + "/api")
+    return ApiClient(stack.api_url + "/api", token=stack.token("demo", "clinician"))

@@ -10,7 +10,7 @@ import pytest
 
 from ctfleet.dev.synthetic import series_to_datasets
 from ctfleet.intake import dataset_to_bytes, read_dataset
-from ctfleet.errors import BadInput
+from ctfleet.errors import Forbidden
 
 pytestmark = pytest.mark.integration
 
@@ -74,10 +74,10 @@ def test_an_upload_with_no_files_is_refused_and_recorded(api):
     assert record["status"] == "REJECTED" and record["reason"] == "empty_upload"
 
 
-def test_unknown_facility_is_refused(api):
-    with pytest.raises(BadInput) as err:
+def test_naming_a_facility_other_than_the_token_s_is_refused(api):
+    with pytest.raises(Forbidden) as err:
         api.upload("nowhere", [("a.dcm", b"x")])
-    assert err.value.reason == "unknown_facility"
+    assert err.value.reason == "facility_mismatch"
 
 
 def test_completing_before_every_file_arrived_is_refused(api):

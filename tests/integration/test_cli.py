@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -121,18 +122,30 @@ def test_demo_command_runs_upload_to_alert(tmp_path):
     assert "phantom-high: DONE" in proc.stderr and "triage=HIGH ok" in proc.stderr
 
 
-def test_local_up_serves_the_page_and_stops_cleanly_on_sigterm():
+def test_local_up_serves_the_page_signs_users_in_and_stops_cleanly_on_sigterm(tmp_path):
     import signal
+    import urllib.error
     import urllib.request
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CTFLEET_", "AWS_ENDPOINT_URL"))}
+    env["CTFLEET_HOME"] = str(tmp_path)  # its own secrets and user-pool state, beside any other local stack
     proc = subprocess.Popen([sys.executable, "-m", "ctfleet", "local", "up", "--port", "0", "--fleet-max", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        urls = json.loads(proc.stdout.readline())
+        urls = json.loads(proc.stdout.readline())  # the first stdout line: where everything is
+        assert {"api", "web", "endpoint"} <= set(urls)
         with urllib.request.urlopen(urls["web"], timeout=10) as resp:
             assert resp.status == 200 and b"ctfleet" in resp.read()
-        with urllib.request.urlopen(urls["api"] + "/studies?facility=demo", timeout=10) as resp:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urls["api"] + "/studies", timeout=10)
+        assert refused.value.code == 401 and json.loads(refused.value.read())["error"] == "no_token"
+        signed = subprocess.run([sys.executable, "-m", "ctfleet", "local", "token", "--facility", "demo",
+                                 "--role", "clinician"], capture_output=True, text=True, env=env, timeout=60)
+        assert signed.returncode == 0, signed.stderr
+        token = json.loads(signed.stdout.strip().splitlines()[-1])
+        assert token["expires_at"] > time.time()
+        request = urllib.request.Request(urls["api"] + "/studies", headers={"Authorization": f"Bearer {token['token']}"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
             assert json.loads(resp.read()) == {"studies": []}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0

@@ -32,7 +32,7 @@ def fleet_stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def api(fleet_stack) -> ApiClient:
-    return ApiClient(fleet_stack.api_url + "/api")
+    return ApiClient(fleet_stack.api_url + "/api", token=fleet_stack.token("demo", "clinician"))
 
 
 def study(n: int) -> list[tuple[str, bytes]]:
@@ -66,7 +66,8 @@ def test_one_urgent_study_grows_the_fleet_from_zero_and_it_shrinks_back_after_th
     assert time.monotonic() - queued_at < 3.5
     state = api.wait(up.upload_id, timeout_s=120)
     assert state["study"]["status"] == "DONE"
-    assert state["study"]["worker_instance"] in {i["InstanceId"] for i in group(fleet_stack)["Instances"]}
+    instance = fleet_stack.record(state["study"]["study_key"])["worker_instance"]
+    assert instance in {i["InstanceId"] for i in group(fleet_stack)["Instances"]}
     wait_for(lambda: group(fleet_stack)["DesiredCapacity"] == 0, IDLE_GRACE_S + 20, "scale-in to zero")
     wait_for(lambda: fleet_stack.fleet.size == 0, 40, "the last worker to stop")
     # The instance's cost ledger entry: booted (EC2's launch time to the worker's readiness), busy, closed.
@@ -74,7 +75,7 @@ def test_one_urgent_study_grows_the_fleet_from_zero_and_it_shrinks_back_after_th
     from ctfleet.aws.records import Table
 
     ledger = Ledger(Table(fleet_stack.clients.dynamodb, fleet_stack.settings.ledger_table))
-    entry = wait_for(lambda: (e := ledger.get(state["study"]["worker_instance"])) and "closed_at" in e and e,
+    entry = wait_for(lambda: (e := ledger.get(instance)) and "closed_at" in e and e,
                      30, "the ledger entry to close")
     assert entry["boot_s"] >= 2.0 and entry["jobs"] == 1 and entry["busy_s"] > 0
     assert entry["closed_because"] == "terminated" and entry["idle_s"] > 0
@@ -94,7 +95,7 @@ def test_a_backfill_runs_on_two_workers_and_an_urgent_study_overtakes_it(fleet_s
     api.complete(urgent.upload_id)
     urgent_done = api.wait(urgent.upload_id, timeout_s=180)["study"]
     assert urgent_done["status"] == "DONE"
-    finals = [api.wait(b.upload_id, timeout_s=300)["study"] for b in backfill]
+    finals = [fleet_stack.record(api.wait(b.upload_id, timeout_s=300)["study"]["study_key"]) for b in backfill]
     assert all(s["status"] == "DONE" for s in finals)
     assert len({s["worker_instance"] for s in finals}) == 2, "the backlog was shared by two instances"
     # Once the urgent job was queued, the next machine to ask for work took it: no backfill job
@@ -108,7 +109,7 @@ def test_lowering_the_desired_capacity_during_a_job_does_not_stop_it(fleet_stack
     up = api.upload("demo", study(200))
     key = wait_for(lambda: api.get_upload(up.upload_id).get("study_key"), 60, "ingest")
     wait_for(lambda: api.get_study(key)["status"] == "PROCESSING", 120, "the job to start")
-    instance = api.get_study(key)["worker_instance"]
+    instance = fleet_stack.record(key)["worker_instance"]
     wait_for(lambda: any(i["InstanceId"] == instance and i["ProtectedFromScaleIn"]
                          for i in group(fleet_stack)["Instances"]), 10, "scale-in protection")
     fleet_stack.clients.autoscaling.set_desired_capacity(AutoScalingGroupName=fleet_stack.settings.fleet.group_name,

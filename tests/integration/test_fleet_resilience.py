@@ -30,7 +30,7 @@ def fire(tmp_path_factory):
     settings = Settings(stack="ctffire", facilities=("demo",), high_threshold=1e-4, fleet_idle_grace_s=60.0)
     log = tmp_path_factory.mktemp("fire") / "workers.log"
     with LocalStack(settings, fleet_max=2, boot_s=1.0, scaler_interval_s=2.0, worker_log=log) as s:
-        yield s, ApiClient(s.api_url + "/api")
+        yield s, ApiClient(s.api_url + "/api", token=s.token("demo", "clinician"))
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +60,11 @@ def interrupted_mid_job(fire, files, act, *, visible_s: float) -> tuple[dict, ob
     stack, api = fire
     stack.drain_alerts(wait_s=0)
     up = api.upload("demo", another_study(files)).upload_id
-    running = wait_processing(api, up)
+    running = stack.record(wait_processing(api, up)["study_key"])
     instance = stack.fleet.instances[running["worker_instance"]]
     act(instance)
     waited = visible_within(stack, visible_s)
-    record = api.wait(up, timeout_s=240)["study"]
+    record = stack.record(api.wait(up, timeout_s=240)["study"]["study_key"])
     assert record["status"] == "DONE" and record["attempts"] == 2 and record.get("failures", 0) == 0
     assert alerts_for(stack, record["study_key"]) == 1
     return running, instance, record, waited
@@ -114,7 +114,7 @@ def test_a_duplicate_delivery_while_the_job_runs_is_computed_once_and_alerts_onc
     stack, api = fire
     stack.drain_alerts(wait_s=0)
     up = api.upload("demo", another_study(real_ct_files)).upload_id
-    running = wait_processing(api, up)
+    running = stack.record(wait_processing(api, up)["study_key"])
     # SQS delivers at least once: the same job again, while the first delivery runs. The urgent
     # message waiting brings a second instance, whose worker finds the job held and backs off.
     stack.clients.sqs.send_message(QueueUrl=stack.clients.queue_url(stack.settings.urgent_queue.name),

@@ -37,7 +37,7 @@ def real_ct_files(real_ct_dir: Path) -> list[tuple[str, bytes]]:
 
 
 def test_spot_notice_hands_the_job_back_and_another_instance_finishes_it(res_stack, real_ct_files):
-    api = ApiClient(res_stack.api_url + "/api")
+    api = ApiClient(res_stack.api_url + "/api", token=res_stack.token("spot", "clinician"))
     up = api.upload("spot", real_ct_files)
     key = wait_processing(api, up.upload_id, poll_s=0.1)["study_key"]
     first = res_stack.workers[0]
@@ -46,14 +46,14 @@ def test_spot_notice_hands_the_job_back_and_another_instance_finishes_it(res_sta
     assert api.get_study(key)["status"] == "PROCESSING"  # handed back, not finished by the dying worker
     res_stack.start_worker(0)  # the Auto Scaling group's replacement instance
     state = api.wait(up.upload_id, timeout_s=180)
-    record = state["study"]
+    record = res_stack.record(state["study"]["study_key"])
     assert record["status"] == "DONE" and record["attempts"] == 2
     assert record["worker_instance"] != "" and record["triage_level"] == "HIGH"
     assert alerts_for(res_stack, key, seconds=6.0) == 1
 
 
 def test_kill_9_mid_job_loses_nothing_and_alerts_once(res_stack, real_ct_files):
-    api = ApiClient(res_stack.api_url + "/api")
+    api = ApiClient(res_stack.api_url + "/api", token=res_stack.token("crash", "clinician"))
     up = api.upload("crash", real_ct_files)
     key = wait_processing(api, up.upload_id, poll_s=0.1)["study_key"]
     victim = res_stack.workers[0]

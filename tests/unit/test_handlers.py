@@ -40,8 +40,15 @@ def series() -> list[tuple[str, bytes]]:
     return [(f"IM{i:04d}.dcm", dataset_to_bytes(ds)) for i, ds in enumerate(datasets)]
 
 
-def http(method: str, path: str, body: dict | None = None) -> dict:
-    return {"version": "2.0", "rawPath": path, "requestContext": {"http": {"method": method, "path": path}},
+def claims(facility: str = "demo", role: str = "clinician", sub: str = "0b1c-user") -> dict:
+    """A verified token's claims as API Gateway's JWT authorizer passes them on (strings; lists as "[a b]")."""
+    return {"sub": sub, "token_use": "access", "client_id": "client", "cognito:groups": f"[facility:{facility} role:{role}]"}
+
+
+def http(method: str, path: str, body: dict | None = None, *, who: dict | None = None) -> dict:
+    return {"version": "2.0", "rawPath": path,
+            "requestContext": {"http": {"method": method, "path": path},
+                               "authorizer": {"jwt": {"claims": claims() if who is None else who}}},
             "body": json.dumps(body) if body is not None else None, "isBase64Encoded": False}
 
 
@@ -94,7 +101,7 @@ def test_api_creates_an_upload_refuses_to_complete_it_early_then_completes_it(st
     ("DELETE", "/uploads", 404, Reason.NOT_FOUND),
     ("GET", f"/uploads/{'f' * 32}", 404, Reason.NOT_FOUND),
     ("GET", f"/studies/{'e' * 24}", 404, Reason.NOT_FOUND),
-    ("GET", "/studies?facility=elsewhere", 400, Reason.UNKNOWN_FACILITY),
+    ("GET", "/studies?facility=elsewhere", 403, Reason.FACILITY_MISMATCH),
 ])
 def test_api_errors_carry_a_reason_code(stack, method, path, status, reason):
     event = http(method, path.split("?")[0])
@@ -102,6 +109,43 @@ def test_api_errors_carry_a_reason_code(stack, method, path, status, reason):
         event["queryStringParameters"] = dict([path.split("?")[1].split("=")])
     out = api.handle(event, stack.deps)
     assert out["statusCode"] == status and json.loads(out["body"])["error"] == reason
+
+
+@pytest.mark.parametrize("who, status, reason", [
+    ({}, 401, Reason.NO_TOKEN),
+    (claims(role="finance"), 403, Reason.ROLE_NOT_ALLOWED),
+    ({"sub": "u", "cognito:groups": "[role:clinician]"}, 403, Reason.NO_FACILITY),
+    ({"sub": "u", "cognito:groups": "[facility:demo facility:other role:clinician]"}, 403, Reason.NO_FACILITY),
+    ({"sub": "u", "cognito:groups": "[facility:elsewhere role:clinician]"}, 403, Reason.NO_FACILITY),
+    ({"sub": "u", "cognito:groups": "[facility:demo]"}, 403, Reason.ROLE_NOT_ALLOWED),
+])
+def test_api_refuses_callers_without_a_facility_and_a_role_with_the_right(stack, who, status, reason):
+    out = api.handle(http("GET", "/studies", who=who), stack.deps)
+    assert out["statusCode"] == status and json.loads(out["body"])["error"] == reason
+
+
+def test_api_takes_the_facility_from_the_token_and_hides_other_facilities(stack, series):
+    files = series[:1]
+    named = api.handle(http("POST", "/uploads", {"facility": "other", "files": listing(files)}), stack.deps)
+    assert named["statusCode"] == 403 and json.loads(named["body"])["error"] == Reason.FACILITY_MISMATCH
+    created = api.handle(http("POST", "/uploads", {"files": listing(files)}, who=claims("other")), stack.deps)
+    upload_id = json.loads(created["body"])["upload_id"]
+    assert stack.deps.uploads.get(upload_id)["facility"] == "other", "the token's facility, from no body"
+    for method, path in (("GET", f"/uploads/{upload_id}"), ("POST", f"/uploads/{upload_id}/complete")):
+        mine = api.handle(http(method, path, who=claims("other")), stack.deps)
+        theirs = api.handle(http(method, path), stack.deps)  # a demo clinician
+        assert mine["statusCode"] in (200, 409) and theirs["statusCode"] == 404, (method, path)
+        assert json.loads(theirs["body"])["error"] == Reason.NOT_FOUND
+
+
+def test_api_it_may_send_backfill_only_and_sees_no_findings(stack, series):
+    it = claims(role="it")
+    urgent = api.handle(http("POST", "/uploads", {"priority": "urgent", "files": listing(series[:1])}, who=it),
+                        stack.deps)
+    assert urgent["statusCode"] == 403 and json.loads(urgent["body"])["error"] == Reason.ROLE_NOT_ALLOWED
+    default = api.handle(http("POST", "/uploads", {"files": listing(series[:1])}, who=it), stack.deps)
+    assert default["statusCode"] == 201
+    assert stack.deps.uploads.get(json.loads(default["body"])["upload_id"])["priority"] == "backfill"
 
 
 def test_api_records_an_empty_upload_as_rejected(stack):
@@ -162,7 +206,8 @@ def test_sweeper_expires_an_upload_that_never_completed(stack, series):
                               expires_at=int(time.time()))
     stack.deps.raw.put(raw_key("demo", upload_id, "IM0000.dcm"), series[0][1])
     assert sweeper.sweep(stack.deps, at=time.time()) == 0, "not yet expired"
-    assert sweeper.sweep(stack.deps, at=time.time() + stack.settings.upload_expiry_s) == 1
+    # (other tests of this module leave open uploads too: they expire with it)
+    assert sweeper.sweep(stack.deps, at=time.time() + stack.settings.upload_expiry_s) >= 1
     record = stack.deps.uploads.get(upload_id)
     assert record["status"] == UploadStatus.REJECTED and record["reason"] == Reason.UPLOAD_INCOMPLETE
     assert stack.deps.raw.sizes(raw_prefix("demo", upload_id)) == {}
