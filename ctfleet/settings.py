@@ -165,9 +165,15 @@ class Settings:
     # How long a presigned upload URL stays valid, and how long an upload may
     # stay incomplete before it expires.
     upload_url_ttl_s: int = 3600
+    # What one upload may declare, and how many a facility may hold open (created, not completed).
+    upload_max_files: int = 20_000
+    upload_max_bytes: int = 16 * 1024**3
+    uploads_open_max: int = 200
     upload_expiry_s: int = 24 * 3600
     # Raw (PHI) objects are deleted after ingest; the lifecycle rule is the backstop.
     raw_expiry_days: int = 2
+    # Upload records stay answerable this long (DynamoDB's TTL removes them after).
+    upload_retention_days: int = 30
     # The fleet: at most this many GPU instances; boot time and idle grace before scale-in to zero.
     fleet_max: int = 2
     fleet_boot_s: float = 60.0
@@ -333,7 +339,7 @@ class Settings:
         ``by_status`` finds uploads that never completed, for the expiry sweep.
         """
         return self._table("uploads", "upload_id", IndexSpec("by_facility", "facility", "created_at"),
-                           IndexSpec("by_status", "status", "created_at"), ttl_attribute="expires_at")
+                           IndexSpec("by_status", "status", "created_at"), ttl_attribute="purge_at")
 
     @property
     def ledger_table(self) -> TableSpec:

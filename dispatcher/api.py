@@ -53,7 +53,6 @@ from .runtime import deps
 
 log = logging.getLogger(__name__)
 
-MAX_FILES = 20_000
 MAX_FILE_BYTES = 2 * 1024**3
 RESULT_URL_TTL_S = 900
 
@@ -153,32 +152,38 @@ def create_upload(api: HandlerDeps, event: dict[str, Any], who: Principal) -> Re
         log.info("upload rejected", extra={"upload_id": upload_id, "reason": Reason.EMPTY_UPLOAD})
         return response(400, {"error": Reason.EMPTY_UPLOAD, "message": "an upload needs at least one file",
                               "upload_id": upload_id})
-    promised = _promised_files(files)
     s = api.settings
+    promised = _promised_files(files, s.upload_max_files)
+    declared = sum(f.size for f in promised)
+    if declared > s.upload_max_bytes:
+        raise BadInput(Reason.UPLOAD_TOO_LARGE, f"one upload may declare at most {s.upload_max_bytes} bytes")
+    if api.uploads.open_count(facility, since=now() - s.upload_expiry_s) >= s.uploads_open_max:
+        return error(429, Reason.TOO_MANY_OPEN_UPLOADS,
+                     f"the facility has {s.uploads_open_max} uploads not yet completed; complete or wait for them")
     upload_id = new_upload_id()
     created = now()
     manifest = Manifest(upload_id=upload_id, facility=facility, priority=priority,
                         files=promised, created_at=created)
-    api.raw.put(promised_key(facility, upload_id), manifest.to_json().encode(), "application/json")
-    api.uploads.create(upload_id, facility, priority, files=len(promised), size_bytes=sum(f.size for f in promised),
+    # The record first: a raw object of an upload without one is a leftover, and is deleted.
+    api.uploads.create(upload_id, facility, priority, files=len(promised), size_bytes=declared,
                        created=created, expires_at=int(created + s.upload_expiry_s))
+    api.raw.put(promised_key(facility, upload_id), manifest.to_json().encode(), "application/json")
     urls = [{"name": f.name, **api.raw.presigned_post(raw_key(facility, upload_id, f.name), f.size,
                                                      s.upload_url_ttl_s)} for f in promised]
     log.info("upload created", extra={"upload_id": upload_id, "facility": facility, "files": len(promised)})
     return response(201, {"upload_id": upload_id, "files": urls, "complete_url": f"/uploads/{upload_id}/complete"})
 
 
-def _promised_files(files: list[Any]) -> tuple[ManifestFile, ...]:
-    """The announced files, checked: safe unique names, sizes in range, a sha256 each."""
-    if len(files) > MAX_FILES:
-        raise BadInput(Reason.BAD_REQUEST, f"at most {MAX_FILES} files per upload")
+def _promised_files(files: list[Any], max_files: int) -> tuple[ManifestFile, ...]:
+    """The announced files, checked: safe unique names, sizes in range, a sha256 each; strict types."""
+    if len(files) > max_files:
+        raise BadInput(Reason.UPLOAD_TOO_LARGE, f"at most {max_files} files per upload")
     promised: list[ManifestFile] = []
     seen: set[str] = set()
     for f in files:
-        try:
-            name, size = check_file_name(str(f["name"])), int(f["size"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadInput(Reason.BAD_REQUEST, "each file needs a name and a size") from exc
+        if not isinstance(f, dict) or not isinstance(f.get("size"), int) or isinstance(f.get("size"), bool):
+            raise BadInput(Reason.BAD_REQUEST, "each file is {name: string, size: integer, sha256: string}")
+        name, size = check_file_name(f.get("name")), f["size"]
         if name.split("/", 1)[0] == ".ctfleet" or name in seen:
             raise BadInput(Reason.BAD_REQUEST, "file names must be unique and not start with .ctfleet")
         if not 0 <= size <= MAX_FILE_BYTES:

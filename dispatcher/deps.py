@@ -38,7 +38,7 @@ class HandlerDeps:
     def __post_init__(self) -> None:
         c = self.clients
         s = self.settings = c.settings
-        self.uploads = Uploads(Table(c.dynamodb, s.uploads_table))
+        self.uploads = Uploads(Table(c.dynamodb, s.uploads_table), retention_s=s.upload_retention_days * 86400)
         self.studies = Studies(Table(c.dynamodb, s.studies_table))
         self.raw = Objects(c.s3, s.raw_bucket)
         self.studies_objects = Objects(c.s3, s.studies_bucket)

@@ -80,10 +80,12 @@ def ingest_upload(deps: HandlerDeps, bucket: str, key: str) -> str:
     """Ingest one completed upload; returns its final upload status."""
     s = deps.settings
     facility, upload_id, name = parse_raw_key(key)
-    if bucket != s.raw_bucket or name != s.manifest_name:
-        log.warning("ignoring an object that is not a manifest", extra={"upload_id": upload_id})
+    if bucket != s.raw_bucket:
+        log.warning("ignoring an object of another bucket", extra={"upload_id": upload_id})
         return IGNORED
     record = deps.uploads.get(upload_id)
+    if name != s.manifest_name:
+        return late_file(deps, record, key, upload_id)
     if record is not None and record.get("status") in UploadStatus.FINAL:
         deps.raw.delete_prefix(raw_prefix(facility, upload_id))
         return str(record["status"])
@@ -97,6 +99,17 @@ def ingest_upload(deps: HandlerDeps, bucket: str, key: str) -> str:
         return UploadStatus.REJECTED
     log.info("upload ingested", extra={"upload_id": upload_id, "seconds": round(time.perf_counter() - started, 3)})
     return status
+
+
+def late_file(deps: HandlerDeps, record: dict[str, Any] | None, key: str, upload_id: str) -> str:
+    """A file of an upload: kept while the upload is open, deleted if it is finished or unknown
+    (PHI sent again through a presigned POST after ingest would otherwise stay in raw/)."""
+    if record is not None and record.get("status") not in UploadStatus.FINAL:
+        return IGNORED
+    deps.raw.delete(key)
+    log.warning("a file arrived after its upload ended; deleted",
+                extra={"upload_id": upload_id, "status": (record or {}).get("status", "unknown")})
+    return str((record or {}).get("status", IGNORED))
 
 
 def read_upload(deps: HandlerDeps, facility: str, upload_id: str) -> tuple[Manifest, list[bytes]]:

@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from ctfleet.contracts import JobMessage, Reason, Status, parse_raw_key, raw_prefix, s3_event_keys
+from ctfleet.contracts import JobMessage, Reason, Status, UploadStatus, parse_raw_key, raw_prefix, s3_event_keys
 from ctfleet.errors import BadInput
 
 from .deps import HandlerDeps
@@ -31,6 +31,7 @@ def handle(event: dict[str, Any], deps: HandlerDeps) -> dict[str, Any]:
     at = time.time()
     return {
         "expired": sweep(deps, at=at),
+        "leftovers": sweep_raw(deps),
         "alerts_retried": deps.alerts.retry_stale_claims(at=at),
         "dead_letters": settle_dead_letters(deps),
     }
@@ -53,6 +54,21 @@ def sweep(deps: HandlerDeps, *, at: float) -> int:
             log.info("upload expired", extra={"upload_id": item["upload_id"], "reason": Reason.UPLOAD_INCOMPLETE})
         if len(stale) < BATCH:
             return expired
+
+
+def sweep_raw(deps: HandlerDeps, *, limit: int = 10_000) -> int:
+    """Delete raw objects of uploads that ended (or are unknown): the backstop of ingest's
+    late-file check; returns how many uploads' leftovers went."""
+    cleaned = 0
+    for prefix in deps.raw.prefixes("raw/", depth=2, limit=limit):
+        _, facility, upload_id = prefix.rstrip("/").split("/")
+        record = deps.uploads.get(upload_id)
+        if record is not None and record.get("status") not in UploadStatus.FINAL:
+            continue
+        if deps.raw.delete_prefix(prefix):
+            cleaned += 1
+            log.warning("raw leftovers of an ended upload deleted", extra={"upload_id": upload_id})
+    return cleaned
 
 
 def settle_dead_letters(deps: HandlerDeps, *, batches: int = 10) -> int:

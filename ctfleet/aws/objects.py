@@ -63,6 +63,27 @@ class Objects:
                     sizes[obj["Key"][len(prefix):]] = int(obj["Size"])
         return sizes
 
+    @retrying
+    def delete(self, key: str) -> None:
+        with sorted_errors("s3:delete"):
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def prefixes(self, prefix: str, *, depth: int, limit: int) -> list[str]:
+        """The distinct key prefixes ``depth`` '/'-parts below ``prefix`` (e.g. raw/{facility}/{upload}/),
+        from at most ``limit`` objects."""
+        found: dict[str, None] = {}
+        seen = 0
+        with sorted_errors("s3:list"):
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    parts = obj["Key"][len(prefix):].split("/")
+                    if len(parts) > depth:
+                        found[prefix + "/".join(parts[:depth]) + "/"] = None
+                    seen += 1
+                if seen >= limit:
+                    break
+        return list(found)
+
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; returns how many there were."""
         keys = [prefix + name for name in self.sizes(prefix)]

@@ -177,6 +177,24 @@ class Table:
                 kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
         return items
 
+    def count_index(self, index: str, key_name: str, key_value: str, *, sort_key: str, sort_after: str,
+                    where: tuple[str, str]) -> int:
+        """How many items of the index key ``key_value``, sorted after ``sort_after``, have ``where`` = value."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.name, "IndexName": index, "Select": "COUNT",
+            "KeyConditionExpression": "#k = :v AND #s > :s", "FilterExpression": "#w = :w",
+            "ExpressionAttributeNames": {"#k": key_name, "#s": sort_key, "#w": where[0]},
+            "ExpressionAttributeValues": {":v": {"S": key_value}, ":s": {"S": sort_after}, ":w": {"S": where[1]}},
+        }
+        count = 0
+        with sorted_errors(f"dynamodb:{self.name}"):
+            while True:
+                out = self._db.query(**kwargs)
+                count += int(out.get("Count", 0))
+                if "LastEvaluatedKey" not in out:
+                    return count
+                kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
+
     def _write(self, call: Any) -> Any:
         with sorted_errors(f"dynamodb:{self.name}"):
             return call()

@@ -47,7 +47,21 @@ class Repository:
 
 
 class Uploads(Repository):
-    """The uploads table (``Settings.uploads_table``): every upload ends here in a recorded state."""
+    """The uploads table (``Settings.uploads_table``): every upload ends here in a recorded state.
+
+    Records are kept ``retention_s`` (DynamoDB's TTL on ``purge_at`` removes them after), long
+    after ``expires_at``, the deadline by which an upload must be completed.
+    """
+
+    def __init__(self, table: Table, retention_s: float = 30 * 24 * 3600) -> None:
+        super().__init__(table)
+        self.retention_s = retention_s
+
+    def open_count(self, facility: str, *, since: float) -> int:
+        """How many of the facility's uploads created after ``since`` are still RECEIVED (not completed)."""
+        index = _index(self.table, "by_facility")
+        return self.table.count_index(index.name, index.partition_key, facility, sort_key=str(index.sort_key),
+                                      sort_after=iso(since), where=("status", UploadStatus.RECEIVED))
 
     def create(self, upload_id: str, facility: str, priority: str, *, files: int, size_bytes: int,
                created: float, expires_at: int) -> None:
@@ -55,7 +69,7 @@ class Uploads(Repository):
         self.table.put_new({
             "upload_id": upload_id, "facility": facility, "priority": priority, "status": UploadStatus.RECEIVED,
             "files": files, "bytes": size_bytes, "created_at": iso(created), "received_at": created,
-            "expires_at": expires_at,
+            "expires_at": expires_at, "purge_at": int(created + self.retention_s),
         })
 
     def create_rejected(self, upload_id: str, facility: str, priority: str, reason: str) -> None:
@@ -63,7 +77,8 @@ class Uploads(Repository):
         t = now()
         self.table.put_new({"upload_id": upload_id, "facility": facility, "priority": priority,
                             "status": UploadStatus.REJECTED, "reason": reason, "files": 0, "bytes": 0,
-                            "created_at": iso(t), "received_at": t, "ingested_at": t})
+                            "created_at": iso(t), "received_at": t, "ingested_at": t,
+                            "purge_at": int(t + self.retention_s)})
 
     def complete(self, upload_id: str) -> dict[str, Any] | None:
         """RECEIVED -> COMPLETE; the new record, or None if it was no longer RECEIVED."""

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import re
+import unicodedata
 import uuid
 from urllib.parse import unquote_plus
 
@@ -108,15 +109,27 @@ def check_sha256(value: object) -> str:
     return value
 
 
-def check_file_name(name: str) -> str:
-    """A safe relative object name: no absolute paths, no '..', no control characters."""
+MAX_FILE_NAME_BYTES = 512  # raw/{facility}/{upload}/ + this stays far below S3's 1,024-byte keys
+_NAME_PUNCTUATION = frozenset("._-+()~@, ")
+
+
+def _safe_char(c: str) -> bool:
+    """Letters, marks and digits of any script, and a little ASCII punctuation; never a control,
+    format (bidi overrides), separator, private-use or unassigned character, nor a backslash."""
+    return c in _NAME_PUNCTUATION or unicodedata.category(c)[0] in "LMN"
+
+
+def check_file_name(name: object) -> str:
+    """A safe relative object name: '/'-separated parts of safe characters, no '.' or '..' parts,
+    at most :data:`MAX_FILE_NAME_BYTES` bytes of UTF-8."""
     if (
-        not name
-        or len(name) > 512
-        or name.startswith("/")
-        or any(part in ("", ".", "..") for part in name.split("/"))
-        or any(ord(c) < 32 for c in name)
+        not isinstance(name, str)
+        or not name
+        or len(name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES
+        or any(part in ("", ".", "..") or part != part.strip() for part in name.split("/"))
+        or not all(_safe_char(c) for c in name.replace("/", ""))
         or name == "manifest.json"
     ):
-        raise BadInput(Reason.MANIFEST_INVALID, "file names must be relative paths without '..'")
+        raise BadInput(Reason.BAD_FILE_NAME, "file names are relative paths of letters, digits and ._-+()~@, "
+                       f"(no '..', at most {MAX_FILE_NAME_BYTES} bytes)")
     return name

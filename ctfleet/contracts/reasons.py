@@ -41,6 +41,9 @@ class Reason:
     INPUT_MISSING = "input_missing"  # the study's de-identified objects are gone: it can never run
     MALFORMED_JOB = "malformed_job"  # a job message no worker can read: sent to the dead-letter queue
     BAD_REQUEST = "bad_request"  # an API request that is malformed
+    BAD_FILE_NAME = "bad_file_name"  # a file name outside the safe set (control, bidi, backslash, too long)
+    UPLOAD_TOO_LARGE = "upload_too_large"  # more files or bytes than one upload may declare
+    TOO_MANY_OPEN_UPLOADS = "too_many_open_uploads"  # the facility has this many uploads not yet completed
     # Identity and access: answered by the API (401 for the token, 403 for the right), never recorded.
     NO_TOKEN = "no_token"  # no bearer token
     TOKEN_MALFORMED = "token_malformed"  # not a JWT, or a required claim missing

@@ -135,22 +135,21 @@ def _create_table(clients: Clients, spec: TableSpec) -> str | None:
 
 
 def _notify_on_manifest(clients: Clients, s: Settings, ingest_url: str) -> None:
-    """S3 -> SQS: a manifest object in raw/ means an upload is complete."""
+    """S3 -> SQS: every object created in raw/. A manifest means an upload is complete; any other
+    object is a file, kept while its upload is open and deleted if it arrives after (a presigned
+    POST used again once the upload was ingested)."""
     arn = clients.sqs.get_queue_attributes(QueueUrl=ingest_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     clients.s3.put_bucket_notification_configuration(
         Bucket=s.raw_bucket,
         NotificationConfiguration={
             "QueueConfigurations": [
                 {
-                    "Id": "manifest-to-ingest",
+                    "Id": "raw-to-ingest",
                     "QueueArn": arn,
                     "Events": ["s3:ObjectCreated:*"],
                     "Filter": {
                         "Key": {
-                            "FilterRules": [
-                                {"Name": "prefix", "Value": "raw/"},
-                                {"Name": "suffix", "Value": s.manifest_name},
-                            ]
+                            "FilterRules": [{"Name": "prefix", "Value": "raw/"}]
                         }
                     },
                 }

@@ -85,10 +85,20 @@ def test_raw_keys_parse_back():
         parse_raw_key("studies/demo/x/y")
 
 
-@pytest.mark.parametrize("name", ["", "/etc/passwd", "a/../b", "a//b", "manifest.json", "a\nb", "./a"])
+@pytest.mark.parametrize("name", ["", "/etc/passwd", "a/../b", "a//b", "manifest.json", "a\nb", "./a",
+                                  "a\\b.dcm", "evil\u202egnp.dcm", "zero\u200bwidth", "tab\there", " lead", "trail /x",
+                                  "x" * 513, "\u00e9" * 257, "a:b", "a;b", None, 7, ["a"]])
 def test_unsafe_file_names_are_refused(name):
-    with pytest.raises(BadInput):
+    with pytest.raises(BadInput) as caught:
         check_file_name(name)
+    assert caught.value.reason == "bad_file_name"
+
+
+@pytest.mark.parametrize("name", ["IM0001.dcm", "DICOM/PA000000/ST000000/SE000000/IM000000", "Series 1/IM 0001.dcm",
+                                  "1.2.840.113619.2.55.3.dcm", "Thorax (2)/img-01_a+b~c@d,e.dcm",
+                                  "胸部/画像0001.dcm", "Ünterordner/ß.dcm", "x" * 512])
+def test_ordinary_file_names_are_accepted(name):
+    assert check_file_name(name) == name
 
 
 def test_manifest_validates_its_fields():
