@@ -4,8 +4,9 @@ Declares one customer KMS key (rotated yearly) and, per bucket, SSE-KMS
 default encryption with that key, a block of every kind of public access, a
 policy refusing requests that are not TLS, and lifecycle rules (incomplete
 multipart uploads aborted everywhere). The raw bucket expires ``raw/`` as a
-backstop to ingest's own deletes and notifies the ingest queue when an
-upload's manifest arrives (with the queue policy that lets it); the results
+backstop to ingest's own deletes and notifies the ingest queue of every
+object created under ``raw/`` (a manifest starts ingest; a file that arrives
+after its upload ended is deleted), with the queue policy that lets it; the results
 bucket is versioned and expires superseded versions.
 """
 
@@ -305,19 +306,20 @@ class Storage(pulumi.ComponentResource):
         )
 
     def _upload_notification(self, name: str, args: StorageArgs) -> aws.s3.BucketNotification:
-        """Tell the ingest queue when an upload's manifest lands in the raw bucket."""
+        """Tell the ingest queue of every object created in raw/: a manifest starts ingest; any
+        other file is checked against its upload (deleted if the upload has ended)."""
         return aws.s3.BucketNotification(
             f"{name}-raw-notification",
             bucket=self.buckets["raw"].id,
             queues=[
                 aws.s3.BucketNotificationQueueArgs(
-                    id="upload-complete",
+                    id="raw-to-ingest",
                     queue_arn=args.ingest_queue_arn,
                     events=["s3:ObjectCreated:*"],
-                    # Only the manifest: an upload of 500 slices is one message,
-                    # sent once every slice is in place.
+                    # Every object, not only the manifest: a file POSTed again after its upload
+                    # ended must be seen to be deleted (one cheap message per file; the manifest,
+                    # written last, is the one that starts the work).
                     filter_prefix=args.raw_prefix,
-                    filter_suffix=args.manifest_name,
                 )
             ],
             # S3 checks it may send to the queue when the notification is put.

@@ -352,7 +352,7 @@ def test_only_results_are_versioned(program: Program) -> None:
     assert any("noncurrentVersionExpiration" in r for r in lifecycle.inputs["rules"])
 
 
-def test_manifest_arrival_notifies_the_ingest_queue(program: Program) -> None:
+def test_every_raw_object_notifies_the_ingest_queue(program: Program) -> None:
     m = program.mocks
     ingest = m.one(QUEUE, name=SETTINGS.ingest_queue.name)
     [notification] = m.of_type(NOTIFICATION)
@@ -360,10 +360,10 @@ def test_manifest_arrival_notifies_the_ingest_queue(program: Program) -> None:
     [target] = notification.inputs["queues"]
     assert target["queueArn"] == ingest.state["arn"]
     assert target["events"] == ["s3:ObjectCreated:*"]
-    assert target["filterSuffix"] == SETTINGS.manifest_name
+    assert "filterSuffix" not in target, "files too: one sent after its upload ended is deleted on arrival"
     assert target["filterPrefix"] == "raw/"
-    key = contracts.raw_key("demo", "0" * 32, SETTINGS.manifest_name)
-    assert key.startswith(target["filterPrefix"]) and key.endswith(target["filterSuffix"])
+    for name in (SETTINGS.manifest_name, "series/IM0001.dcm"):
+        assert contracts.raw_key("demo", "0" * 32, name).startswith(target["filterPrefix"])
 
     [policy] = m.of_type(QUEUE_POLICY)
     assert policy.inputs["queueUrl"] == ingest.state["url"]
