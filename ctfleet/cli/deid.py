@@ -38,7 +38,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from ctfleet.contracts import Reason, check_facility, study_key
+from ctfleet.contracts import Reason, check_facility, series_id
 from ctfleet.errors import BadInput
 from ctfleet.intake.deid import deidentify
 from ctfleet.local.secrets import local_secret
@@ -52,7 +52,7 @@ SERIES_PSEUDONYM_HEX = 16
 _Plan = list[tuple[str, tuple[Dataset, ...]]]  # (folder name, slices) of every accepted stack
 
 
-def series_pseudonym(secret: bytes, series_instance_uid: str) -> str:
+def series_pseudonym(secret: bytes, facility: str, series_instance_uid: str) -> str:
     """The folder name of one series: short HMAC of its SeriesInstanceUID (as ingest names it).
 
     Parameters
@@ -65,7 +65,7 @@ def series_pseudonym(secret: bytes, series_instance_uid: str) -> str:
     str
         :data:`SERIES_PSEUDONYM_HEX` lowercase hex characters.
     """
-    return study_key(secret, series_instance_uid)[:SERIES_PSEUDONYM_HEX]
+    return series_id(secret, facility, series_instance_uid)[:SERIES_PSEUDONYM_HEX]
 
 
 class NothingAccepted(BadInput):
@@ -130,7 +130,7 @@ def run(input_dir: Path, output_dir: Path, facility: str, secret: bytes) -> dict
     if not input_dir.is_dir():
         raise BadInput(Reason.NO_INPUT, "INPUT is not a folder")
     datasets, skipped = _read_all(input_dir)
-    plan, accepted, rejected = _plan(datasets, secret)
+    plan, accepted, rejected = _plan(datasets, secret, facility)
     result = {"accepted": accepted, "rejected": rejected, "skipped": dict(sorted(skipped.items()))}
     if not plan:
         if rejected:
@@ -158,7 +158,7 @@ def _read_all(input_dir: Path) -> tuple[list[Dataset], Counter[str]]:
     return datasets, skipped
 
 
-def _plan(datasets: list[Dataset], secret: bytes) -> tuple[_Plan, list[dict[str, Any]], list[dict[str, Any]]]:
+def _plan(datasets: list[Dataset], secret: bytes, facility: str) -> tuple[_Plan, list[dict[str, Any]], list[dict[str, Any]]]:
     """Name every stack and check its pixels: (what to write, the accepted, the rejected)."""
     accepted: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
@@ -166,7 +166,7 @@ def _plan(datasets: list[Dataset], secret: bytes) -> tuple[_Plan, list[dict[str,
     used: Counter[str] = Counter()
     for n, series in enumerate(group_series(datasets)):
         if series.series_instance_uid:
-            base = series_pseudonym(secret, series.series_instance_uid)
+            base = series_pseudonym(secret, facility, series.series_instance_uid)
         else:
             base = f"series-{n}"
         used[base] += 1

@@ -22,6 +22,8 @@ from .keys import (
     raw_prefix,
     results_prefix,
     s3_event_keys,
+    pseudonym,
+    series_id,
     study_key,
     study_prefix,
 )
@@ -33,5 +35,5 @@ __all__ = [
     "MESSAGE_VERSION", "STUDY_KEY_HEX", "AlertState", "JobMessage", "Label", "Manifest", "ManifestFile", "Priority",
     "Reason", "Status", "alert_message", "needs_alert", "TriageLevel", "UploadStatus", "check_facility", "check_file_name", "check_sha256",
     "check_upload_id", "new_upload_id", "parse_raw_key", "promised_key", "raw_key", "raw_prefix", "results_prefix",
-    "s3_event_keys", "study_key", "study_prefix",
+    "pseudonym", "s3_event_keys", "series_id", "study_key", "study_prefix",
 ]

@@ -42,17 +42,36 @@ def new_upload_id() -> str:
     return uuid.uuid4().hex
 
 
-def study_key(secret: bytes, study_instance_uid: str) -> str:
-    """HMAC-SHA256 of the StudyInstanceUID under the facility's secret, short hex.
+def pseudonym(secret: bytes, purpose: str, facility: str, value: str) -> bytes:
+    """HMAC-SHA256(secret, purpose NUL facility NUL value): every pseudonym ctfleet derives.
+
+    Domain separation: the purpose (``study-key``, ``series-id``, ``uid``) and the facility are
+    part of the input, so two facilities never get the same pseudonym for the same original
+    even if they share a secret, and no study key equals the hash of a UID.
+    """
+    original = str(value).strip().rstrip("\x00").strip()
+    message = b"\x00".join((purpose.encode(), facility.encode(), original.encode("utf-8", "replace")))
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def study_key(secret: bytes, facility: str, study_instance_uid: str) -> str:
+    """The study's key: short hex of its StudyInstanceUID's ``study-key`` pseudonym.
 
     The same study always gives the same key (dedupe); only the facility,
     holding the secret and its own UIDs, can map it back.
     """
-    digest = hmac.new(secret, study_instance_uid.strip().encode("ascii"), hashlib.sha256).hexdigest()
-    return digest[:STUDY_KEY_HEX]
+    return pseudonym(secret, "study-key", facility, study_instance_uid).hex()[:STUDY_KEY_HEX]
+
+
+def series_id(secret: bytes, facility: str, series_instance_uid: str) -> str:
+    """The folder name of one de-identified series (``studies/{facility}/{key}/{series}/``)."""
+    return pseudonym(secret, "series-id", facility, series_instance_uid).hex()[:SERIES_ID_HEX]
 
 
 # -- S3 keys --------------------------------------------------------------------------
+
+
+SERIES_ID_HEX = 16
 
 
 def raw_prefix(facility: str, upload_id: str) -> str:

@@ -106,6 +106,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dicomanonymizer.dicom_anonymization_databases import dicomfields_2026c as _annex_e  # type: ignore[import-untyped]
+from ctfleet.contracts import pseudonym
 from pydicom.datadict import dictionary_has_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -204,17 +205,20 @@ _BINARY_NUMBER_VRS = frozenset({"FL", "FD", "SL", "SS", "SV", "UL", "US", "UV"})
 _REMOVE, _EMPTY, _DUMMY, _UID, _SHIFT, _KEEP, _WALK, _PSEUDONYM, _TIME_DUMMY = range(9)
 
 
-def uid_for(secret: bytes, uid: str) -> str:
-    """Replacement UID: ``2.25.`` + the first 16 bytes of HMAC-SHA256(secret, uid) as a decimal integer.
+def uid_for(secret: bytes, facility: str, uid: str) -> str:
+    """Replacement UID: ``2.25.`` + the first 16 bytes of the UID's ``uid`` pseudonym
+    (:func:`ctfleet.contracts.pseudonym`) as a decimal integer.
 
-    Deterministic per facility secret (the same original always maps to the
-    same replacement, so series and references stay consistent across uploads)
-    and at most 44 characters (within the 64 a UID may have).
+    Deterministic per facility and secret (the same original always maps to the
+    same replacement, so series and references stay consistent across uploads),
+    different for every other facility even under the same secret, and at most 44
+    characters (within the 64 a UID may have).
 
     Parameters
     ----------
     secret : bytes
         The facility's secret.
+    facility : str
     uid : str
         The original UID; trailing padding (space, NUL) is ignored.
 
@@ -222,9 +226,7 @@ def uid_for(secret: bytes, uid: str) -> str:
     -------
     str
     """
-    original = str(uid).strip().rstrip("\x00").strip()
-    digest = hmac.new(secret, original.encode("ascii", "replace"), hashlib.sha256).digest()
-    return "2.25." + str(int.from_bytes(digest[:16], "big"))
+    return "2.25." + str(int.from_bytes(pseudonym(secret, "uid", facility, uid)[:16], "big"))
 
 
 def patient_pseudonym(secret: bytes, facility: str, patient_id: str) -> str:
@@ -390,9 +392,10 @@ def _map_values(value: Any, fn: Callable[[str], str]) -> Any:
 
 
 class _Context:
-    def __init__(self, secret: bytes, pseudonym: str, shift_days: int) -> None:
+    def __init__(self, secret: bytes, facility: str, patient: str, shift_days: int) -> None:
         self.secret = secret
-        self.pseudonym = pseudonym
+        self.facility = facility
+        self.pseudonym = patient
         self.shift_days = shift_days
         self._uids: dict[str, str] = {}
 
@@ -401,7 +404,7 @@ class _Context:
         if not text or _is_registered_uid(text):
             return text
         if text not in self._uids:
-            self._uids[text] = uid_for(self.secret, text)
+            self._uids[text] = uid_for(self.secret, self.facility, text)
         return self._uids[text]
 
     def date(self, value: str) -> str:
@@ -513,7 +516,7 @@ def deidentify(ds: Dataset, secret: bytes, *, facility: str) -> Dataset:
         raise ValueError("secret must not be empty")
     out = copy.deepcopy(ds)
     key = _patient_key(ds)
-    ctx = _Context(secret, patient_pseudonym(secret, facility, key), date_offset_days(secret, facility, key))
+    ctx = _Context(secret, facility, patient_pseudonym(secret, facility, key), date_offset_days(secret, facility, key))
 
     _walk(out, ctx)
 

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ctfleet.contracts import Reason, study_key
+from ctfleet.contracts import Reason, series_id, study_key
 from ctfleet.errors import BadInput
 from ctfleet.intake import pixels
 from ctfleet.intake.choice import choose
@@ -69,13 +69,13 @@ def prepare_study(blobs: list[bytes], *, secret: bytes, facility: str) -> Prepar
     # Pixels that may show identity (burned-in text, screenshots) never get past ingest.
     pixels.check_series(list(chosen.datasets))
     t_read = time.perf_counter()
-    key = study_key(secret, chosen.study_instance_uid)
-    series_id = study_key(secret, chosen.series_instance_uid)[:16]
+    key = study_key(secret, facility, chosen.study_instance_uid)
+    series = series_id(secret, facility, chosen.series_instance_uid)
     clean = tuple(dataset_to_bytes(deidentify(ds, secret, facility=facility)) for ds in chosen.datasets)
     t_deid = time.perf_counter()
     return PreparedStudy(
         study_key=key,
-        series_id=series_id,
+        series_id=series,
         files=clean,
         series_found=len(found),
         files_skipped=dict(skipped),

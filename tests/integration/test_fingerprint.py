@@ -1,4 +1,4 @@
-"""``ctfleet deid`` on the real CT writes the very bytes it wrote before the kernel was re-layered.
+"""``ctfleet deid`` on the real CT writes the very bytes recorded for it.
 
 De-identification is integer work on bytes, so its output is the same on every
 machine: a digest recorded once guards it against any change that was meant to
@@ -17,12 +17,16 @@ from ctfleet.dev.fingerprint import deid_digests
 
 pytestmark = pytest.mark.integration
 
-# Recorded at commit 9facf00 (before the re-layering), ../shared/data/ct00.tar.xz, FIXED_SECRET.
-DEID_DIGEST = "52770fc5dc58c20a0b5a819f27511f772494d3731cc09ff5f77dc01226f0d92f"
+# Recorded when pseudonyms became domain-separated by facility and purpose (issue 10), from
+# ../shared/data/ct00.tar.xz under FIXED_SECRET. Against the digest recorded at 9facf00 before the
+# re-layering (52770fc5...), only UIDs changed: SOP, Study, Series, FrameOfReference and
+# referenced SOP Instance UIDs and MediaStorageSOPInstanceUID in all 141 files (compared element
+# by element), and the folder name; every other byte is as it was.
+DEID_DIGEST = "4e11133b724d8dab0e7c64b739fccddd3bd2956e39834e5cbf92d12df4378258"
 
 
 def test_deid_of_the_real_ct_is_byte_identical_to_the_recorded_digest(real_ct_dir: Path, tmp_path: Path):
     digests = deid_digests(real_ct_dir, tmp_path)
     assert digests["files"] == 141
-    assert digests["stdout"]["accepted"] == [{"files": 141, "series": "c5dab70bcbefc777"}]
+    assert digests["stdout"]["accepted"] == [{"files": 141, "series": "6839ffee5b2c308c"}]
     assert digests["all"] == DEID_DIGEST

@@ -1,3 +1,5 @@
+import hashlib
+import hmac
 import json
 import re
 
@@ -32,12 +34,30 @@ def job(**over):
 
 def test_study_key_is_deterministic_per_facility_secret():
     uid = "1.2.826.0.1.3680043.2.1143.4293425517178216192998562308743984271"
-    a = study_key(b"secret-a", uid)
-    assert a == study_key(b"secret-a", uid)
-    assert a != study_key(b"secret-b", uid)
+    a = study_key(b"secret-a", "north", uid)
+    assert a == study_key(b"secret-a", "north", uid)
+    assert a != study_key(b"secret-b", "north", uid)
     assert re.fullmatch(r"[0-9a-f]{24}", a)
     # Surrounding blanks (DICOM pads UIDs to even length) do not change the key.
-    assert study_key(b"secret-a", uid + " ") == a
+    assert study_key(b"secret-a", "north", uid + " ") == a
+
+
+def test_pseudonyms_are_separated_by_facility_and_purpose():
+    """Two facilities sharing a secret never share a pseudonym; a study key is no UID's hash."""
+    from ctfleet.contracts import pseudonym, series_id
+    from ctfleet.intake.deid import uid_for
+
+    uid = "1.2.826.0.1.3680043.2.1143.42"
+    secret = b"one secret for both"
+    assert study_key(secret, "north", uid) != study_key(secret, "south", uid)
+    assert series_id(secret, "north", uid) != series_id(secret, "south", uid)
+    assert uid_for(secret, "north", uid) != uid_for(secret, "south", uid)
+    key = study_key(secret, "north", uid)
+    as_uid = int(uid_for(secret, "north", uid).removeprefix("2.25.")).to_bytes(16, "big").hex()
+    assert not as_uid.startswith(key) and not series_id(secret, "north", uid).startswith(key[:16])
+    assert not hmac.new(secret, uid.encode(), hashlib.sha256).hexdigest().startswith(key), "not a bare HMAC of the UID"
+    # The facility and the purpose are length-delimited (NUL), so "ab"+"c" is not "a"+"bc".
+    assert pseudonym(secret, "uid", "ab", "c") != pseudonym(secret, "uid", "a", "bc")
 
 
 def test_job_message_round_trips_and_is_versioned():

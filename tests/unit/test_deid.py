@@ -124,7 +124,8 @@ def test_structure_after_deidentification() -> None:
     # X/Z/U*: kept, UIDs replaced, walked two levels deep (nested names gone, nested dates shifted).
     source = out.SourceImageSequence[0]
     assert source.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
-    assert source.ReferencedSOPInstanceUID == uid_for(SECRET, original.SourceImageSequence[0].ReferencedSOPInstanceUID)
+    assert source.ReferencedSOPInstanceUID == uid_for(SECRET, FACILITY,
+                                                      original.SourceImageSequence[0].ReferencedSOPInstanceUID)
     assert "PatientName" not in source and "OtherPatientIDsSequence" not in source
     deeper = source.ReferencedImageSequence[0]
     original_deeper = original.SourceImageSequence[0].ReferencedImageSequence[0]
@@ -191,8 +192,9 @@ def test_another_secret_or_facility_gives_other_uids_and_dates() -> None:
     b = deidentify(original, OTHER_SECRET, facility=FACILITY)
     c = deidentify(original, SECRET, facility="south-clinic")
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
-        assert a[keyword].value == uid_for(SECRET, original[keyword].value)
+        assert a[keyword].value == uid_for(SECRET, FACILITY, original[keyword].value)
         assert a[keyword].value != b[keyword].value
+        assert a[keyword].value != c[keyword].value, "another facility, the same secret: other UIDs"
     assert a.StudyDate != b.StudyDate and a.StudyDate != c.StudyDate  # different shift (fixed secrets: checked)
     assert a.PatientID != b.PatientID != c.PatientID
 
@@ -206,11 +208,12 @@ def test_uids_consistent_across_a_series() -> None:
 
 def test_uid_for_is_deterministic_bounded_and_secret_scoped() -> None:
     uid_ = "1.2.826.0.1.999.1"
-    uid = uid_for(SECRET, uid_)
-    assert uid == uid_for(SECRET, uid_ + " ")  # padding is not part of the UID
-    assert uid != uid_for(OTHER_SECRET, uid_)
+    uid = uid_for(SECRET, FACILITY, uid_)
+    assert uid == uid_for(SECRET, FACILITY, uid_ + " ")  # padding is not part of the UID
+    assert uid != uid_for(OTHER_SECRET, FACILITY, uid_)
     assert uid.startswith("2.25.") and len(uid) <= 64
-    expected = int.from_bytes(hmac.new(SECRET, uid_.encode(), hashlib.sha256).digest()[:16], "big")
+    message = b"uid\x00" + FACILITY.encode() + b"\x00" + uid_.encode()
+    expected = int.from_bytes(hmac.new(SECRET, message, hashlib.sha256).digest()[:16], "big")
     assert uid == f"2.25.{expected}"
 
 

@@ -78,7 +78,7 @@ def test_run_accepts_rejects_skips_and_leaks_nothing(tmp_path: Path) -> None:
     json.dumps(result)  # the CLI prints it as one JSON line
 
     corpus_series = read_dataset(_corpus()[0][0][1]).SeriesInstanceUID
-    pseudonym = series_pseudonym(SECRET, corpus_series)
+    pseudonym = series_pseudonym(SECRET, FACILITY, corpus_series)
     assert result["accepted"] == [{"series": pseudonym, "files": 6}]
     assert sorted(r["reason"] for r in result["rejected"]) == sorted([Reason.BURNED_IN_TEXT, Reason.NOT_CT])
     assert {r["files"] for r in result["rejected"]} == {4, 3}
@@ -179,3 +179,14 @@ def test_cli_deid_prints_one_json_line(tmp_path: Path, capsys: pytest.CaptureFix
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
     assert len(result["accepted"]) == 1 and result["rejected"][0]["reason"] == Reason.BURNED_IN_TEXT
+
+
+def test_two_facilities_with_the_same_secret_get_different_uids(tmp_path: Path) -> None:
+    source = _write_input(tmp_path / "in")
+    a = run(source, tmp_path / "a", "north-general", SECRET)
+    b = run(source, tmp_path / "b", "south-clinic", SECRET)
+    assert a["accepted"][0]["series"] != b["accepted"][0]["series"]
+    first = lambda out: read_dataset(next((out).rglob("*.dcm")).read_bytes())  # noqa: E731
+    da, db = first(tmp_path / "a"), first(tmp_path / "b")
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
+        assert da[keyword].value != db[keyword].value, keyword
