@@ -339,7 +339,16 @@ class Settings:
         ``by_status`` finds uploads that never completed, for the expiry sweep.
         """
         return self._table("uploads", "upload_id", IndexSpec("by_facility", "facility", "created_at"),
-                           IndexSpec("by_status", "status", "created_at"), ttl_attribute="purge_at")
+                           IndexSpec("by_status", "status", "created_at"), ttl_attribute="purge_at",
+                           stream_view_type="NEW_AND_OLD_IMAGES")
+
+    @property
+    def audit_table(self) -> TableSpec:
+        """The audit trail: one item per event (``event_id``), append-only, no TTL.
+
+        ``by_subject`` lists one upload's or study's events in order (``seq``: time, then id).
+        """
+        return self._table("audit", "event_id", IndexSpec("by_subject", "subject", "seq"))
 
     @property
     def ledger_table(self) -> TableSpec:
@@ -350,8 +359,8 @@ class Settings:
         return self._table("ledger", "instance_id", IndexSpec("by_month", "month", "launched_at"))
 
     @property
-    def tables(self) -> tuple[TableSpec, TableSpec, TableSpec]:
-        return (self.studies_table, self.uploads_table, self.ledger_table)
+    def tables(self) -> tuple[TableSpec, ...]:
+        return (self.studies_table, self.uploads_table, self.ledger_table, self.audit_table)
 
     @property
     def fleet(self) -> FleetSpec:

@@ -14,7 +14,10 @@ POST /uploads/{upload_id}/complete -> 202 once every promised file is in S3 (409
 GET  /uploads/{upload_id}          -> the upload's status, reason and study key           status
 GET  /studies                      -> the facility's worklist, newest first              status
 GET  /studies/{study_key}          -> one study; with findings and presigned result URLs   status
-                                      for the clinical roles
+                                      for the clinical roles (handing them out is an audited read)
+POST /studies/{study_key}/signoff  {decision: agree|disagree, comment?, triage_level?}   signoff
+                                   -> 201 the study with its latest sign-off (every one is kept)
+GET  /studies/{study_key}/audit    -> every event of the study and its uploads, in order   audit
 
 File names live only in the raw bucket (they may carry PHI); records hold counts. What each
 role is shown of a record is :mod:`ctfleet.access.views`.
@@ -36,6 +39,7 @@ from ctfleet.contracts import (
     Priority,
     Reason,
     Status,
+    TriageLevel,
     UploadStatus,
     check_file_name,
     check_sha256,
@@ -46,6 +50,7 @@ from ctfleet.contracts import (
     raw_prefix,
 )
 from ctfleet.access import Principal, Right, study_view, upload_view
+from ctfleet.aws.audit import subject
 from ctfleet.errors import BadInput, Forbidden, Unauthenticated
 
 from .deps import HandlerDeps
@@ -148,7 +153,7 @@ def create_upload(api: HandlerDeps, event: dict[str, Any], who: Principal) -> Re
     if not files:
         # Still recorded: every upload attempt ends in a state with a reason code.
         upload_id = new_upload_id()
-        api.uploads.create_rejected(upload_id, facility, priority, Reason.EMPTY_UPLOAD)
+        api.uploads.create_rejected(upload_id, facility, priority, Reason.EMPTY_UPLOAD, actor=who.actor)
         log.info("upload rejected", extra={"upload_id": upload_id, "reason": Reason.EMPTY_UPLOAD})
         return response(400, {"error": Reason.EMPTY_UPLOAD, "message": "an upload needs at least one file",
                               "upload_id": upload_id})
@@ -166,7 +171,7 @@ def create_upload(api: HandlerDeps, event: dict[str, Any], who: Principal) -> Re
                         files=promised, created_at=created)
     # The record first: a raw object of an upload without one is a leftover, and is deleted.
     api.uploads.create(upload_id, facility, priority, files=len(promised), size_bytes=declared,
-                       created=created, expires_at=int(created + s.upload_expiry_s))
+                       created=created, expires_at=int(created + s.upload_expiry_s), actor=who.actor)
     api.raw.put(promised_key(facility, upload_id), manifest.to_json().encode(), "application/json")
     urls = [{"name": f.name, **api.raw.presigned_post(raw_key(facility, upload_id, f.name), f.size,
                                                      s.upload_url_ttl_s)} for f in promised]
@@ -209,7 +214,7 @@ def complete_upload(api: HandlerDeps, event: dict[str, Any], who: Principal, upl
     if missing:
         return error(409, Reason.UPLOAD_INCOMPLETE,
                      f"{len(missing)} of {len(promised.files)} files are missing or of the wrong size")
-    updated = api.uploads.complete(upload_id)
+    updated = api.uploads.complete(upload_id, actor=who.actor)
     if updated is None:
         return response(202, upload_view(api.uploads.get(upload_id) or record, who))
     # The manifest's arrival is the S3 event that starts ingest; it is written last.
@@ -242,7 +247,53 @@ def get_study(api: HandlerDeps, event: dict[str, Any], who: Principal, study_key
     if who.may(Right.FINDINGS) and record.get("status") == Status.DONE:
         out["result_urls"] = {_result_name(key): api.results.presigned_get(key, RESULT_URL_TTL_S)
                               for key in record.get("result_keys", [])}
+        # Handing out the result URLs is the read: on record before they leave.
+        api.audit.append(subject("study", study_key), "read", facility=who.facility, actor=who.actor,
+                         model_version=record.get("model_version"))
     return response(200, out)
+
+
+SIGNOFF_DECISIONS = ("agree", "disagree")
+MAX_COMMENT_CHARS = 2000
+
+
+def sign_off(api: HandlerDeps, event: dict[str, Any], who: Principal, study_key: str) -> Response:
+    """A radiologist agrees or disagrees with the triage (optionally naming the level they would give)."""
+    record = _own(api.studies.get(study_key), who)
+    if record is None:
+        return error(404, Reason.NOT_FOUND, "no such study")
+    body = _body(event)
+    decision, comment, level = body.get("decision"), body.get("comment", ""), body.get("triage_level")
+    if decision not in SIGNOFF_DECISIONS:
+        raise BadInput(Reason.BAD_REQUEST, "decision must be agree or disagree")
+    if not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS:
+        raise BadInput(Reason.BAD_REQUEST, f"comment must be text of at most {MAX_COMMENT_CHARS} characters")
+    if level is not None and level not in TriageLevel.ALL:
+        raise BadInput(Reason.BAD_REQUEST, f"triage_level must be one of {', '.join(TriageLevel.ALL)}")
+    signoff = {"decision": decision, "comment": "".join(c for c in comment if c.isprintable() or c == "\n"),
+               "triage_level": level, "user": who.user, "at": now(),
+               "model_version": record.get("model_version")}
+    updated = api.studies.sign_off(study_key, {k: v for k, v in signoff.items() if v is not None})
+    if updated is None:
+        return error(409, Reason.CONFLICT, "only a DONE study can be signed off")
+    return response(201, study_view(updated, who))
+
+
+def get_audit(api: HandlerDeps, event: dict[str, Any], who: Principal, study_key: str) -> Response:
+    """Every event of the study, and of the uploads behind it, oldest first."""
+    record = _own(api.studies.get(study_key), who)
+    if record is None:
+        return error(404, Reason.NOT_FOUND, "no such study")
+    events = api.audit.history(subject("study", study_key))
+    uploads = {str(record["upload_id"])} | {str(e["upload_id"]) for e in events if e.get("upload_id")}
+    for upload_id in uploads:
+        events += api.audit.history(subject("upload", upload_id))
+    events.sort(key=lambda e: str(e["seq"]))
+    keep = ("seq", "at", "subject", "kind", "from", "to", "reason", "actor", "attempt")
+    return response(200, {"study_key": study_key, "events": [
+        {k: (e[k] if k != "subject" else str(e[k]).split(":", 1)[0]) for k in keep if k in e} for e in events]})
+
+
 
 
 def _result_name(key: str) -> str:
@@ -259,6 +310,8 @@ ROUTES: tuple[tuple[str, re.Pattern[str], str, Route], ...] = (
     ("GET", re.compile(r"^/uploads/(?P<upload_id>[0-9a-f]{32})$"), Right.STATUS, get_upload),
     ("GET", re.compile(r"^/studies$"), Right.STATUS, list_studies),
     ("GET", re.compile(r"^/studies/(?P<study_key>[0-9a-f]{8,64})$"), Right.STATUS, get_study),
+    ("POST", re.compile(r"^/studies/(?P<study_key>[0-9a-f]{8,64})/signoff$"), Right.SIGNOFF, sign_off),
+    ("GET", re.compile(r"^/studies/(?P<study_key>[0-9a-f]{8,64})/audit$"), Right.AUDIT, get_audit),
 )
 
 __all__ = ["ROUTES", "handle", "lambda_handler"]

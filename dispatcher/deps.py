@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ctfleet.aws.alerts import Alerts
+from ctfleet.aws.audit import AuditTrail
 from ctfleet.aws.clients import Clients
 from ctfleet.aws.fleet import FleetGroup
 from ctfleet.aws.objects import Objects
@@ -34,6 +35,7 @@ class HandlerDeps:
     secrets: FacilitySecrets = field(init=False)
     alerts: Alerts = field(init=False)
     fleet: FleetGroup = field(init=False)
+    audit: AuditTrail = field(init=False)
 
     def __post_init__(self) -> None:
         c = self.clients
@@ -46,6 +48,7 @@ class HandlerDeps:
         self.secrets = FacilitySecrets(c.secrets, s.facility_secret_name)
         self.alerts = Alerts(self.studies, c.sns, lambda: c.topic_arn(s.alerts_topic), s.api_url)
         self.fleet = FleetGroup(c.autoscaling, s.fleet.group_name)
+        self.audit = AuditTrail(Table(c.dynamodb, s.audit_table))
 
     def queue(self, name: str) -> Queue:
         """The queue called ``name`` (its URL looked up once per process)."""

@@ -106,7 +106,7 @@ def _fail_study(deps: HandlerDeps, body: str) -> bool:
         log.error("an unreadable job message waits in the dead-letter queue",
                   extra={"reason": Reason.MALFORMED_JOB, "detail": exc.detail})
         return False
-    if deps.studies.settle(job, Status.FAILED, Reason.TOO_MANY_ATTEMPTS):
+    if deps.studies.settle(job, Status.FAILED, Reason.TOO_MANY_ATTEMPTS, actor="sweeper"):
         log.warning("study failed after every attempt", extra={"study_key": job.study_key})
     return True
 

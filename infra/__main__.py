@@ -166,6 +166,7 @@ def build(settings: Settings) -> dict[str, Any]:
         outputs[f"{role}_table"] = table.name
         outputs[f"{role}_table_arn"] = table.arn
     outputs["studies_table_stream_arn"] = tables.tables["studies"].stream_arn
+    outputs["uploads_table_stream_arn"] = tables.tables["uploads"].stream_arn
     return outputs
 
 

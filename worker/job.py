@@ -136,7 +136,7 @@ class JobRunner:
         except BadInput as exc:
             return self._reject(job, exc)
         except InputMissing as exc:  # the de-identified series is gone: no retry can bring it back
-            self.studies.settle(job, Status.FAILED, Reason.INPUT_MISSING, exc.detail)
+            self.studies.settle(job, Status.FAILED, Reason.INPUT_MISSING, exc.detail, actor=self.actor)
             return JobOutcome(Status.FAILED, job.study_key, Reason.INPUT_MISSING)
 
     def finish(self, prepared: Prepared) -> JobOutcome:
@@ -175,15 +175,20 @@ class JobRunner:
         report = analyzed.analysis.report
         fields = self._done_fields(report, prefix, keys, gpu_seconds, timings, p.record)
         fields["analysis_started_at"], fields["analysis_ended_at"] = (round(t, 3) for t in analyzed.analysis_at)
-        if not self.studies.mark_done(job, fields):
+        if not self.studies.mark_done(job, fields, actor=self.actor):
             log.info("study settled by another attempt", extra={"study_key": job.study_key})
         log.info("study done", extra={"study_key": job.study_key, "triage_level": report["triage_level"],
                                       "score": report["score"], "seconds": round(gpu_seconds, 3)})
         return JobOutcome(Status.DONE, job.study_key)
 
     def _reject(self, job: JobMessage, exc: BadInput) -> JobOutcome:
-        self.studies.settle(job, Status.REJECTED, exc.reason, exc.detail)
+        self.studies.settle(job, Status.REJECTED, exc.reason, exc.detail, actor=self.actor)
         return JobOutcome(Status.REJECTED, job.study_key, exc.reason)
+
+    @property
+    def actor(self) -> str:
+        """How the audit trail names this worker."""
+        return f"worker:{self.instance.instance_id}"
 
     def renew(self, job: JobMessage) -> None:
         """The heartbeat's second half: keep this instance's lease on the study."""
@@ -198,7 +203,7 @@ class JobRunner:
         failures = self.studies.record_failure(job, self.instance.instance_id)
         if failures < self.max_failures:
             return None
-        self.studies.settle(job, Status.FAILED, Reason.ANALYSIS_FAILED, f"failed {failures} times")
+        self.studies.settle(job, Status.FAILED, Reason.ANALYSIS_FAILED, f"failed {failures} times", actor=self.actor)
         return JobOutcome(Status.FAILED, job.study_key, Reason.ANALYSIS_FAILED)
 
     def check_interrupt(self) -> None:

@@ -106,8 +106,9 @@ class Table:
         values: dict[str, Any] | None = None,
         add: dict[str, float] | None = None,
         remove: tuple[str, ...] = (),
+        append: dict[str, list[Any]] | None = None,
     ) -> dict[str, Any]:
-        """SET ``fields`` (and ADD ``add``) if ``condition`` holds; returns the new item.
+        """SET ``fields`` (ADD ``add``, and ``append`` to lists) if ``condition`` holds; the new item.
 
         In ``condition``, refer to attributes as ``#name`` and values as ``:name``.
         """
@@ -119,6 +120,10 @@ class Table:
             names[f"#f{i}"] = k
             vals[f":f{i}"] = v
             sets.append(f"#f{i} = :f{i}")
+        for i, (k, items) in enumerate((append or {}).items()):
+            names[f"#l{i}"] = k
+            vals[f":l{i}"], vals[":empty_list"] = list(items), []
+            sets.append(f"#l{i} = list_append(if_not_exists(#l{i}, :empty_list), :l{i})")
         clauses = []
         if sets:
             clauses.append("SET " + ", ".join(sets))

@@ -64,26 +64,28 @@ class Uploads(Repository):
                                       sort_after=iso(since), where=("status", UploadStatus.RECEIVED))
 
     def create(self, upload_id: str, facility: str, priority: str, *, files: int, size_bytes: int,
-               created: float, expires_at: int) -> None:
+               created: float, expires_at: int, actor: str = "api") -> None:
         """A new upload, RECEIVED: its files may now arrive."""
         self.table.put_new({
             "upload_id": upload_id, "facility": facility, "priority": priority, "status": UploadStatus.RECEIVED,
+            "updated_at": now(), "updated_by": actor,
             "files": files, "bytes": size_bytes, "created_at": iso(created), "received_at": created,
             "expires_at": expires_at, "purge_at": int(created + self.retention_s),
         })
 
-    def create_rejected(self, upload_id: str, facility: str, priority: str, reason: str) -> None:
+    def create_rejected(self, upload_id: str, facility: str, priority: str, reason: str, actor: str = "api") -> None:
         """An upload refused as it was announced (nothing to send), REJECTED at once."""
         t = now()
-        self.table.put_new({"upload_id": upload_id, "facility": facility, "priority": priority,
+        self.table.put_new({"upload_id": upload_id, "facility": facility, "priority": priority, "updated_at": now(), "updated_by": actor,
                             "status": UploadStatus.REJECTED, "reason": reason, "files": 0, "bytes": 0,
                             "created_at": iso(t), "received_at": t, "ingested_at": t,
                             "purge_at": int(t + self.retention_s)})
 
-    def complete(self, upload_id: str) -> dict[str, Any] | None:
+    def complete(self, upload_id: str, actor: str = "api") -> dict[str, Any] | None:
         """RECEIVED -> COMPLETE; the new record, or None if it was no longer RECEIVED."""
         try:
-            return self.table.update(upload_id, {"status": UploadStatus.COMPLETE, "completed_at": now()},
+            return self.table.update(upload_id, {"status": UploadStatus.COMPLETE, "completed_at": now(),
+                                                 "updated_at": now(), "updated_by": actor},
                                      condition="#status = :received", values={":received": UploadStatus.RECEIVED})
         except Conflict:
             return None
@@ -91,7 +93,7 @@ class Uploads(Repository):
     def finish(self, upload_id: str, status: str, *, reason: str | None = None,
                study_key: str | None = None) -> bool:
         """-> QUEUED, REJECTED or FAILED, unless the upload is final already; True if this call ended it."""
-        fields: dict[str, Any] = {"status": status, "ingested_at": now()}
+        fields: dict[str, Any] = {"status": status, "ingested_at": now(), "updated_at": now(), "updated_by": "ingest"}
         if reason:
             fields["reason"] = reason
         if study_key:
@@ -112,17 +114,19 @@ class Uploads(Repository):
     def expire(self, upload_id: str) -> bool:
         """RECEIVED -> REJECTED ``upload_incomplete`` (it never completed); False if it moved on meanwhile."""
         return self._settle_open(upload_id, UploadStatus.REJECTED, Reason.UPLOAD_INCOMPLETE,
-                                 (UploadStatus.RECEIVED,))
+                                 (UploadStatus.RECEIVED,), actor="sweeper")
 
     def fail_ingest(self, upload_id: str) -> bool:
         """RECEIVED or COMPLETE -> FAILED ``ingest_error`` (ingest gave up on it); False if it was settled."""
         return self._settle_open(upload_id, UploadStatus.FAILED, Reason.INGEST_ERROR,
-                                 (UploadStatus.RECEIVED, UploadStatus.COMPLETE))
+                                 (UploadStatus.RECEIVED, UploadStatus.COMPLETE), actor="sweeper")
 
-    def _settle_open(self, upload_id: str, status: str, reason: str, from_states: tuple[str, ...]) -> bool:
+    def _settle_open(self, upload_id: str, status: str, reason: str, from_states: tuple[str, ...], *,
+                     actor: str) -> bool:
         names = {f":s{i}": s for i, s in enumerate(from_states)}
         try:
-            self.table.update(upload_id, {"status": status, "reason": reason, "ingested_at": now()},
+            self.table.update(upload_id, {"status": status, "reason": reason, "ingested_at": now(),
+                                          "updated_at": now(), "updated_by": actor},
                               condition=f"#status IN ({', '.join(names)})", values=names)
             return True
         except Conflict:
@@ -169,6 +173,7 @@ class Studies(Repository):
         sends that record's job again (same ``job_id``); another upload of a
         study already queued, running or done sends nothing.
         """
+        item = {**item, "updated_at": now(), "updated_by": "ingest"}
         try:
             self.table.put_new(item)
             return Registered(job)
@@ -198,7 +203,7 @@ class Studies(Repository):
         try:
             record = self.table.update(
                 job.study_key, {"status": Status.PROCESSING, "started_at": t, "worker_instance": instance,
-                                "lease_until": t + lease_s, **fields},
+                                "lease_until": t + lease_s, "updated_at": now(), "updated_by": f"worker:{instance}", **fields},
                 add={"attempts": 1},
                 condition="#job_id = :job AND (#status = :queued OR (#status = :processing AND "
                           "(attribute_not_exists(#lease_until) OR #lease_until < :now)))",
@@ -239,19 +244,20 @@ class Studies(Repository):
         except Conflict:
             return False
 
-    def mark_done(self, job: JobMessage, fields: dict[str, Any]) -> bool:
+    def mark_done(self, job: JobMessage, fields: dict[str, Any], *, actor: str = "worker") -> bool:
         """PROCESSING -> DONE with the results; False if another attempt settled it first."""
         try:
-            self.table.update(job.study_key, {"status": Status.DONE, "done_at": now(), **fields},
+            self.table.update(job.study_key, {"status": Status.DONE, "done_at": now(), "updated_at": now(), "updated_by": actor, **fields},
                               condition="#job_id = :job AND #status = :processing",
                               values={":job": job.job_id, ":processing": Status.PROCESSING})
             return True
         except Conflict:
             return False
 
-    def settle(self, job: JobMessage, status: str, reason: str, detail: str = "") -> bool:
+    def settle(self, job: JobMessage, status: str, reason: str, detail: str = "", *, actor: str = "worker") -> bool:
         """QUEUED | PROCESSING -> REJECTED or FAILED with a reason; False if it was settled already."""
-        fields = {"status": status, "reason": reason, "detail": detail[:200] or None, "finished_at": now()}
+        fields = {"status": status, "reason": reason, "detail": detail[:200] or None, "finished_at": now(),
+                  "updated_at": now(), "updated_by": actor}
         try:
             self.table.update(job.study_key, fields, condition="#job_id = :job AND #status IN (:queued, :processing)",
                               values={":job": job.job_id, **_LIVE})
@@ -265,7 +271,7 @@ class Studies(Repository):
         """(no alert) | a SENDING claim older than the lease -> SENDING; True if this caller holds it."""
         try:
             self.table.update(
-                study_key, {"alert_state": AlertState.SENDING, "alert_claimed_at": at},
+                study_key, {"alert_state": AlertState.SENDING, "alert_claimed_at": at, "updated_at": now(), "updated_by": "triage"},
                 condition="#status = :done AND (attribute_not_exists(#alert_state) OR "
                           "(#alert_state = :sending AND #alert_claimed_at < :stale))",
                 values={":done": Status.DONE, ":sending": AlertState.SENDING, ":stale": at - lease_s},
@@ -277,11 +283,20 @@ class Studies(Repository):
     def mark_alert_sent(self, study_key: str) -> bool:
         """SENDING -> SENT; False if the claim was lost meanwhile."""
         try:
-            self.table.update(study_key, {"alert_state": AlertState.SENT, "alerted_at": now()},
+            self.table.update(study_key, {"alert_state": AlertState.SENT, "alerted_at": now(), "updated_at": now(), "updated_by": "triage"},
                               condition="#alert_state = :sending", values={":sending": AlertState.SENDING})
             return True
         except Conflict:
             return False
+
+    def sign_off(self, study_key: str, signoff: dict[str, Any]) -> dict[str, Any] | None:
+        """A radiologist's sign-off of a DONE study: the latest shown, every one kept; None if not DONE."""
+        try:
+            return self.table.update(study_key, {"signoff": signoff, "updated_at": now(), "updated_by": f"user:{signoff['user']}"},
+                                     append={"signoffs": [signoff]}, add={"signoff_count": 1},
+                                     condition="#status = :done", values={":done": Status.DONE})
+        except Conflict:
+            return None
 
     def alert_claims(self, *, limit: int) -> list[dict[str, Any]]:
         """Studies whose alert is claimed (SENDING) and not yet marked SENT."""

@@ -84,7 +84,8 @@ class StreamPoller:
                 self._stop.wait(1.0)
 
     def _deliver(self, records: list[dict[str, Any]]) -> None:
-        pending = records
+        # As Lambda's event source mapping does: each record names the stream it came from.
+        pending = [{**r, "eventSourceARN": self._arn} for r in records]
         for attempt in range(self._retries + 1):
             failed = {f["itemIdentifier"] for f in self._handler({"Records": pending}).get("batchItemFailures", [])}
             if not failed:

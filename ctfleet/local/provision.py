@@ -40,10 +40,12 @@ def provision(clients: Clients, facility_secrets: dict[str, bytes] | None = None
              "MaxAgeSeconds": 3600}]})
     for spec in s.queues:
         out["queues"][spec.name] = _create_queue(clients, spec)
+    out["streams"] = {}
     for table in s.tables:
         arn = _create_table(clients, table)
         if table.stream_view_type:
-            out["stream_arn"] = arn
+            out["streams"][table.name] = arn
+    out["stream_arn"] = out["streams"][s.studies_table.name]
     out["queues"][s.scaler_queue.name] = _create_queue(clients, s.scaler_queue)
     out["topic_arn"] = clients.sns.create_topic(Name=s.alerts_topic)["TopicArn"]
     _create_fleet(clients, s)

@@ -123,7 +123,7 @@ class LocalStack:
         return self
 
     def _start_handlers(self, api_port: int) -> None:
-        from dispatcher import api, ingest, scaler, sweeper, triage
+        from dispatcher import api, audit, ingest, scaler, sweeper, triage
         from dispatcher.deps import HandlerDeps
 
         deps = HandlerDeps(self.clients)
@@ -138,6 +138,8 @@ class LocalStack:
             QueuePoller(self.clients, s.ingest_queue.name, lambda e: ingest.handle(e, deps), self.stop_event),
             StreamPoller(self.clients, self.resources["stream_arn"], lambda e: triage.handle(e, deps),
                          self.stop_event),
+            *(StreamPoller(self.clients, arn, lambda e: audit.handle(e, deps), self.stop_event)
+              for arn in self.resources["streams"].values()),
             Every(self.sweep_interval_s, lambda: sweeper.handle({}, deps), self.stop_event, name="sweeper"),
         ]
         if self.fleet_mode:

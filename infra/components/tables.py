@@ -1,4 +1,5 @@
-"""DynamoDB tables: studies (with the stream triage reads) and uploads (with TTL).
+"""DynamoDB tables: studies and uploads (with the streams triage and audit read; uploads with TTL),
+the cost ledger and the append-only audit trail.
 
 Each table is on-demand, KMS-encrypted and point-in-time recoverable, with the
 global secondary indexes its :class:`ctfleet.settings.TableSpec` lists.
@@ -94,7 +95,7 @@ class TablesArgs:
         """
         return cls(
             tables={"studies": settings.studies_table, "uploads": settings.uploads_table,
-                    "ledger": settings.ledger_table},
+                    "ledger": settings.ledger_table, "audit": settings.audit_table},
             kms_key_arn=kms_key_arn,
             tags=dict(tags or {}),
         )

@@ -197,8 +197,10 @@ def test_runtime_reads_back_the_deployed_names(program: Program) -> None:
     assert out["ingest_queue"] == runtime.ingest_queue.name
     assert out["urgent_queue_url"].endswith("/" + runtime.urgent_queue.name)
     assert out["backfill_dlq_url"].endswith("/" + runtime.backfill_queue.dlq_name)
-    assert (out["studies_table"], out["uploads_table"], out["ledger_table"]) == tuple(t.name for t in runtime.tables)
+    assert (out["studies_table"], out["uploads_table"], out["ledger_table"], out["audit_table"]) == \
+        tuple(t.name for t in runtime.tables)
     assert out["studies_table_stream_arn"].startswith(out["studies_table_arn"])
+    assert out["uploads_table_stream_arn"].startswith(out["uploads_table_arn"])
     assert out["alerts_topic"] == runtime.alerts_topic
 
 
@@ -275,7 +277,8 @@ def test_table_follows_the_spec(program: Program, role: str) -> None:
 def test_settings_exercise_both_stream_and_ttl() -> None:
     """Guards the parametrized test above against settings that test neither branch."""
     assert SETTINGS.studies_table.stream_view_type and not SETTINGS.studies_table.ttl_attribute
-    assert SETTINGS.uploads_table.ttl_attribute and not SETTINGS.uploads_table.stream_view_type
+    assert SETTINGS.uploads_table.ttl_attribute and SETTINGS.uploads_table.stream_view_type
+    assert not SETTINGS.audit_table.ttl_attribute and not SETTINGS.audit_table.stream_view_type, "append-only, kept"
 
 
 def test_custom_table_spec_is_declared_as_given() -> None:

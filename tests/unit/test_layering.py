@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("ctfleet", "model", "worker", "dispatcher", "infra")
 OUTER_RING = ("ctfleet.cli", "ctfleet.local", "ctfleet.dev", "ctfleet.__main__")
 SHELLS = ("worker", "dispatcher")
-HANDLERS = ("dispatcher.api", "dispatcher.ingest", "dispatcher.triage", "dispatcher.sweeper")
+HANDLERS = ("dispatcher.api", "dispatcher.ingest", "dispatcher.triage", "dispatcher.sweeper", "dispatcher.audit")
 
 
 @dataclass(frozen=True)
