@@ -38,13 +38,21 @@ def handle(event: dict[str, Any], deps: HandlerDeps) -> dict[str, Any]:
         old, new = deserialize(data.get("OldImage", {})), deserialize(data.get("NewImage", {}))
         try:
             for n, e in enumerate(changes(kind[0], kind[1], old, new)):
-                at = e.pop("at") or data.get("ApproximateCreationDateTime")
                 deps.audit.append(e.pop("subject"), e.pop("kind"), facility=e.pop("facility"), actor=e.pop("actor"),
-                                  at=float(at) if at else None, event_id=f"{record.get('eventID')}-{n}", **e)
+                                  at=_when(e.pop("at"), data), event_id=f"{record.get('eventID')}-{n}", **e)
         except Exception:  # noqa: BLE001 - the outermost loop: retried by the event source mapping
             log.exception("audit failed", extra={"event_id": record.get("eventID")})
             failures.append({"itemIdentifier": data.get("SequenceNumber")})
     return {"batchItemFailures": failures}
+
+
+def _when(at: Any, data: dict[str, Any]) -> float | None:
+    """The change's time: as its writer recorded it, else the stream's approximate time (epoch
+    seconds from Lambda's JSON, a datetime from boto3's GetRecords)."""
+    value = at or data.get("ApproximateCreationDateTime")
+    if value is None:
+        return None
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
