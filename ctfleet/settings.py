@@ -183,6 +183,8 @@ class Settings:
     # How long the termination lifecycle hook holds a terminating instance.
     fleet_termination_hook_s: float = 300.0
     message_version: int = 1
+    # How long a process trusts a facility's settings before reading them again.
+    facility_config_cache_s: float = 60.0
     # Identity: the Cognito user pool (its issuer URL) and app client whose access tokens the API
     # trusts; the JWKS URL defaults to the issuer's (locally, the moto server's copy).
     auth_issuer: str | None = None
@@ -343,6 +345,16 @@ class Settings:
                            stream_view_type="NEW_AND_OLD_IMAGES")
 
     @property
+    def facilities_table(self) -> TableSpec:
+        """Per-facility settings: HIGH threshold, alerts topic, webhook (:mod:`ctfleet.aws.facilities`)."""
+        return self._table("facilities", "facility")
+
+    @property
+    def alerts_table(self) -> TableSpec:
+        """One record per alert (``{study_key}:{model_version}``): its claim, publish and webhook."""
+        return self._table("alerts", "alert_id")
+
+    @property
     def audit_table(self) -> TableSpec:
         """The audit trail: one item per event (``event_id``), append-only, no TTL.
 
@@ -360,7 +372,8 @@ class Settings:
 
     @property
     def tables(self) -> tuple[TableSpec, ...]:
-        return (self.studies_table, self.uploads_table, self.ledger_table, self.audit_table)
+        return (self.studies_table, self.uploads_table, self.ledger_table, self.audit_table, self.facilities_table,
+                self.alerts_table)
 
     @property
     def fleet(self) -> FleetSpec:
@@ -379,6 +392,10 @@ class Settings:
     @property
     def alerts_topic(self) -> str:
         return f"{self.stack}-alerts"
+
+    def facility_topic(self, facility: str) -> str:
+        """The SNS topic of one facility's alerts (the local stack creates one per facility)."""
+        return f"{self.stack}-alerts-{facility}"
 
     def facility_secret_name(self, facility: str) -> str:
         """Secrets Manager name of a facility's HMAC secret."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ctfleet.aws.alerts import Alerts
+from ctfleet.aws.alerts import AlertRecords, Alerts
 from ctfleet.aws.audit import AuditTrail
 from ctfleet.aws.clients import Clients
+from ctfleet.aws.failures import sorted_errors
+from ctfleet.aws.facilities import FacilityConfigs
 from ctfleet.aws.fleet import FleetGroup
 from ctfleet.aws.objects import Objects
 from ctfleet.aws.queues import Queue
@@ -35,6 +37,7 @@ class HandlerDeps:
     secrets: FacilitySecrets = field(init=False)
     alerts: Alerts = field(init=False)
     fleet: FleetGroup = field(init=False)
+    facilities: FacilityConfigs = field(init=False)
     audit: AuditTrail = field(init=False)
 
     def __post_init__(self) -> None:
@@ -46,9 +49,17 @@ class HandlerDeps:
         self.studies_objects = Objects(c.s3, s.studies_bucket)
         self.results = Objects(c.s3, s.results_bucket)
         self.secrets = FacilitySecrets(c.secrets, s.facility_secret_name)
-        self.alerts = Alerts(self.studies, c.sns, lambda: c.topic_arn(s.alerts_topic), s.api_url)
+        self.facilities = FacilityConfigs(Table(c.dynamodb, s.facilities_table), default_threshold=s.high_threshold,
+                                          cache_s=s.facility_config_cache_s)
+        self.alerts = Alerts(self.studies, AlertRecords(Table(c.dynamodb, s.alerts_table)), self.facilities, c.sns,
+                             lambda: c.topic_arn(s.alerts_topic), s.api_url, webhook_key=self._webhook_key)
         self.fleet = FleetGroup(c.autoscaling, s.fleet.group_name)
         self.audit = AuditTrail(Table(c.dynamodb, s.audit_table))
+
+    def _webhook_key(self, name: str) -> bytes:
+        with sorted_errors(f"secretsmanager:{name}"):
+            got = self.clients.secrets.get_secret_value(SecretId=name)
+        return bytes(got["SecretBinary"]) if "SecretBinary" in got else str(got["SecretString"]).encode()
 
     def queue(self, name: str) -> Queue:
         """The queue called ``name`` (its URL looked up once per process)."""

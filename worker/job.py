@@ -91,7 +91,8 @@ class JobRunner:
         ``analyze(volume, device, high_threshold=...) -> Analysis``, loaded once.
     model_version : str
     instance : Instance
-    high_threshold : float
+    high_threshold : float or callable
+        The score at which a study triages HIGH, or ``facility -> threshold`` (per-facility settings).
     price : callable
         The instance's hourly price now (:meth:`ctfleet.aws.pricing.Prices.per_hour`).
     interrupted : threading.Event
@@ -108,7 +109,7 @@ class JobRunner:
     analyze: Callable[..., Any]
     model_version: str
     instance: Instance
-    high_threshold: float
+    high_threshold: float | Callable[[str], float]
     interrupted: threading.Event
     price: Callable[[], Price] = lambda: Price(0.0, "unknown")
     lease_s: float = 30.0
@@ -233,19 +234,23 @@ class JobRunner:
         self.check_interrupt()  # a prefetched study waited for the GPU; a notice may have come meanwhile
         t_start = time.perf_counter()
         started_at = time.time()  # wall clock, to see how busy the GPU is kept across studies
-        analysis = self._run_model(p.volume)
+        analysis = self._run_model(p.volume, p.job.facility)
         _laps(p.timings, t_start)("analyze")
         ended_at = time.time()
         self.check_interrupt()
         return Analyzed(p, analysis, (started_at, ended_at), p.read_s + time.perf_counter() - t_start)
 
-    def _run_model(self, volume: Any) -> Any:
+    def _run_model(self, volume: Any, facility: str) -> Any:
         try:
-            return self.analyze(volume, self.instance.device, high_threshold=self.high_threshold)
+            return self.analyze(volume, self.instance.device, high_threshold=self._threshold(facility))
         except VolumeError as exc:  # this volume can never be analyzed
             raise BadInput(exc.reason, str(exc)) from exc
         except ModelError as exc:  # the model, not the study, is at fault: retry, then FAILED
             raise Fault(exc.reason, str(exc)) from exc
+
+    def _threshold(self, facility: str) -> float:
+        t = self.high_threshold
+        return float(t(facility)) if callable(t) else float(t)
 
     def _done_fields(self, report: dict[str, Any], prefix: str, keys: list[str], gpu_seconds: float,
                      timings: dict[str, float], record: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 from ctfleet.aws.clients import Clients
 from ctfleet.aws.fleet import FleetGroup, Protection, launch_time
 from ctfleet.aws.imds import Imds
+from ctfleet.aws.facilities import FacilityConfigs
 from ctfleet.aws.ledger import InstanceClock, Ledger
 from ctfleet.aws.objects import Objects
 from ctfleet.aws.pricing import Prices
@@ -56,12 +57,14 @@ def build_worker(settings: Settings, clients: Clients, imds: Imds) -> Worker:
     instance = Instance(instance_id=imds.instance_id(), instance_type=imds.instance_type(settings.instance_type),
                         device=device, market=imds.market(), zone=imds.zone())
     prices = Prices(clients.ec2, fallback_usd_per_hour=settings.gpu_price_per_hour)
+    facilities = FacilityConfigs(Table(clients.dynamodb, settings.facilities_table),
+                                 default_threshold=settings.high_threshold, cache_s=settings.facility_config_cache_s)
     runner = JobRunner(
         studies=Studies(Table(clients.dynamodb, settings.studies_table)),
         inputs=Objects(clients.s3, settings.studies_bucket),
         writer=ResultWriter(Objects(clients.s3, settings.results_bucket), render),
         analyze=analyzer, model_version=analyzer.version, instance=instance,
-        high_threshold=settings.high_threshold, interrupted=threading.Event(),
+        high_threshold=lambda facility: facilities.get(facility).high_threshold, interrupted=threading.Event(),
         price=lambda: prices.per_hour(instance.instance_type, instance.zone, instance.market),
         lease_s=settings.job_visibility_s, max_failures=settings.job_max_failures,
     )

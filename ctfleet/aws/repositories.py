@@ -280,10 +280,11 @@ class Studies(Repository):
         except Conflict:
             return False
 
-    def mark_alert_sent(self, study_key: str) -> bool:
-        """SENDING -> SENT; False if the claim was lost meanwhile."""
+    def mark_alert_sent(self, study_key: str, *, latency_s: float | None = None) -> bool:
+        """SENDING -> SENT (with DONE -> alert seconds); False if the claim was lost meanwhile."""
         try:
-            self.table.update(study_key, {"alert_state": AlertState.SENT, "alerted_at": now(), "updated_at": now(), "updated_by": "triage"},
+            self.table.update(study_key, {"alert_state": AlertState.SENT, "alerted_at": now(),
+                                          "alert_latency_s": None if latency_s is None else round(latency_s, 3), "updated_at": now(), "updated_by": "triage"},
                               condition="#alert_state = :sending", values={":sending": AlertState.SENDING})
             return True
         except Conflict:

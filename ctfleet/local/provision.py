@@ -15,6 +15,8 @@ from botocore.exceptions import ClientError
 
 from ctfleet.aws.clients import Clients
 from ctfleet.aws.failures import error_code
+from ctfleet.aws.facilities import FacilityConfig, FacilityConfigs
+from ctfleet.aws.records import Table
 from ctfleet.settings import QueueSpec, Settings, TableSpec
 
 
@@ -48,6 +50,12 @@ def provision(clients: Clients, facility_secrets: dict[str, bytes] | None = None
     out["stream_arn"] = out["streams"][s.studies_table.name]
     out["queues"][s.scaler_queue.name] = _create_queue(clients, s.scaler_queue)
     out["topic_arn"] = clients.sns.create_topic(Name=s.alerts_topic)["TopicArn"]
+    out["facility_topics"] = {}
+    for facility in s.facilities:
+        topic = clients.sns.create_topic(Name=s.facility_topic(facility))["TopicArn"]
+        out["facility_topics"][facility] = topic
+        FacilityConfigs(Table(clients.dynamodb, s.facilities_table), default_threshold=s.high_threshold).put(
+            FacilityConfig(facility, high_threshold=s.high_threshold, topic_arn=topic))
     _create_fleet(clients, s)
     _notify_on_manifest(clients, s, out["queues"][s.ingest_queue.name])
     for facility in s.facilities:

@@ -164,8 +164,9 @@ class LocalStack:
         sqs = self.clients.sqs
         url = sqs.create_queue(QueueName=f"{self.settings.stack}-alert-inbox")["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        self.clients.sns.subscribe(TopicArn=self.resources["topic_arn"], Protocol="sqs", Endpoint=arn,
-                                   Attributes={"RawMessageDelivery": "true"})
+        for topic in (self.resources["topic_arn"], *self.resources["facility_topics"].values()):
+            self.clients.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn,
+                                       Attributes={"RawMessageDelivery": "true"})
         return str(url)
 
     def worker_env(self, imds_url: str) -> dict[str, str]:

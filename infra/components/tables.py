@@ -95,7 +95,8 @@ class TablesArgs:
         """
         return cls(
             tables={"studies": settings.studies_table, "uploads": settings.uploads_table,
-                    "ledger": settings.ledger_table, "audit": settings.audit_table},
+                    "ledger": settings.ledger_table, "audit": settings.audit_table,
+                    "facilities": settings.facilities_table, "alerts": settings.alerts_table},
             kms_key_arn=kms_key_arn,
             tags=dict(tags or {}),
         )

@@ -23,6 +23,11 @@ def test_a_claim_abandoned_before_publishing_is_sent_once_by_the_sweep(stack):
         "severity_score": 19, "created_at": "2026-01-01T00:00:00.000Z", "job_id": "j",
         "alert_state": "SENDING", "alert_claimed_at": t - 5,
     })
+    # ... and its claim of the alert's record.
+    from ctfleet.aws.records import Table
+
+    Table(stack.clients.dynamodb, stack.settings.alerts_table).put_new({
+        "alert_id": f"{key}:unknown", "study_key": key, "facility": "demo", "state": "SENDING", "claimed_at": t - 5})
     assert deps.alerts.retry_stale_claims(at=t) == 0, "a fresh claim belongs to its holder"
     later = t + CLAIM_LEASE_S + 1
     assert deps.alerts.retry_stale_claims(at=later) == 1

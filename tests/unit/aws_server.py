@@ -27,7 +27,7 @@ class Stack:
     inbox_url: str
 
     def alerts(self) -> list[str]:
-        """Alert bodies delivered to the inbox queue subscribed to the alerts topic since the last call."""
+        """Alert bodies delivered to the inbox queue (subscribed to every alerts topic) since the last call."""
         out = []
         while True:
             got = self.clients.sqs.receive_message(QueueUrl=self.inbox_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
@@ -55,8 +55,8 @@ def moto_stack(settings: Settings) -> Iterator[Stack]:
         sqs = clients.sqs
         inbox = sqs.create_queue(QueueName=f"{settings.stack}-inbox")["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        clients.sns.subscribe(TopicArn=resources["topic_arn"], Protocol="sqs", Endpoint=arn,
-                              Attributes={"RawMessageDelivery": "true"})
+        for topic in (resources["topic_arn"], *resources["facility_topics"].values()):
+            clients.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
         yield Stack(settings, clients, HandlerDeps(clients), resources, inbox)
     finally:
         server.stop()

@@ -197,8 +197,8 @@ def test_runtime_reads_back_the_deployed_names(program: Program) -> None:
     assert out["ingest_queue"] == runtime.ingest_queue.name
     assert out["urgent_queue_url"].endswith("/" + runtime.urgent_queue.name)
     assert out["backfill_dlq_url"].endswith("/" + runtime.backfill_queue.dlq_name)
-    assert (out["studies_table"], out["uploads_table"], out["ledger_table"], out["audit_table"]) == \
-        tuple(t.name for t in runtime.tables)
+    assert tuple(out[f"{role}_table"] for role in ("studies", "uploads", "ledger", "audit", "facilities", "alerts")) \
+        == tuple(t.name for t in runtime.tables)
     assert out["studies_table_stream_arn"].startswith(out["studies_table_arn"])
     assert out["uploads_table_stream_arn"].startswith(out["uploads_table_arn"])
     assert out["alerts_topic"] == runtime.alerts_topic

@@ -217,7 +217,6 @@ def test_the_next_study_is_read_while_the_current_one_is_analyzed(stack, worker,
     assert a["status"] == b["status"] == Status.DONE
     if prefetch:
         assert b["started_at"] < a["done_at"], "the second study was claimed and read during the first's analysis"
-        assert b["analysis_started_at"] < a["done_at"], "the model ran on it while the first's results were written"
         # Its cost counts its own reading and analysis, not the wait for the GPU between them.
         assert b["gpu_seconds"] < b["done_at"] - b["started_at"]
     else:
