@@ -49,13 +49,14 @@ def call(stack, method: str, path: str, token: str | None = None, **kw) -> reque
 
 def routes(theirs) -> list[tuple[str, str]]:
     return [("POST", "/uploads"), ("POST", f"/uploads/{theirs['open']}/complete"),
-            ("GET", f"/uploads/{theirs['upload_id']}"), ("GET", "/studies"), ("GET", f"/studies/{theirs['study_key']}")]
+            ("GET", f"/uploads/{theirs['upload_id']}"), ("GET", "/studies"), ("GET", f"/studies/{theirs['study_key']}"),
+            ("POST", f"/studies/{theirs['study_key']}/signoff"), ("GET", f"/studies/{theirs['study_key']}/audit")]
 
 
 def test_another_facility_sees_nothing_of_theirs(stack, theirs):
     demo = stack.token("demo", "radiologist")
     for method, path in routes(theirs)[1:3] + routes(theirs)[4:]:
-        resp = call(stack, method, path, demo)
+        resp = call(stack, method, path, demo, json={"decision": "agree"} if method == "POST" else None)
         assert resp.status_code == 404 and resp.json()["error"] == "not_found", (method, path, resp.text)
     listed = call(stack, "GET", "/studies", demo).json()["studies"]
     assert theirs["study_key"] not in {s["study_key"] for s in listed}
