@@ -26,6 +26,11 @@ from .records import Table, iso, now
 _LIVE = {":queued": Status.QUEUED, ":processing": Status.PROCESSING}
 
 
+def _by(actor: str, at: float) -> dict[str, Any]:
+    """Who made a transition and when, on the record itself: the audit trail reads them from the stream."""
+    return {"updated_at": at, "updated_by": actor}
+
+
 def _index(table: Table, name: str) -> Any:
     return next(i for i in table.spec.indexes if i.name == name)
 
@@ -68,7 +73,7 @@ class Uploads(Repository):
         """A new upload, RECEIVED: its files may now arrive."""
         self.table.put_new({
             "upload_id": upload_id, "facility": facility, "priority": priority, "status": UploadStatus.RECEIVED,
-            "updated_at": now(), "updated_by": actor,
+            **_by(actor, created),
             "files": files, "bytes": size_bytes, "created_at": iso(created), "received_at": created,
             "expires_at": expires_at, "purge_at": int(created + self.retention_s),
         })
@@ -76,16 +81,16 @@ class Uploads(Repository):
     def create_rejected(self, upload_id: str, facility: str, priority: str, reason: str, actor: str = "api") -> None:
         """An upload refused as it was announced (nothing to send), REJECTED at once."""
         t = now()
-        self.table.put_new({"upload_id": upload_id, "facility": facility, "priority": priority, "updated_at": now(), "updated_by": actor,
+        self.table.put_new({"upload_id": upload_id, "facility": facility, "priority": priority, **_by(actor, t),
                             "status": UploadStatus.REJECTED, "reason": reason, "files": 0, "bytes": 0,
                             "created_at": iso(t), "received_at": t, "ingested_at": t,
                             "purge_at": int(t + self.retention_s)})
 
     def complete(self, upload_id: str, actor: str = "api") -> dict[str, Any] | None:
         """RECEIVED -> COMPLETE; the new record, or None if it was no longer RECEIVED."""
+        t = now()
         try:
-            return self.table.update(upload_id, {"status": UploadStatus.COMPLETE, "completed_at": now(),
-                                                 "updated_at": now(), "updated_by": actor},
+            return self.table.update(upload_id, {"status": UploadStatus.COMPLETE, "completed_at": t, **_by(actor, t)},
                                      condition="#status = :received", values={":received": UploadStatus.RECEIVED})
         except Conflict:
             return None
@@ -93,7 +98,8 @@ class Uploads(Repository):
     def finish(self, upload_id: str, status: str, *, reason: str | None = None,
                study_key: str | None = None) -> bool:
         """-> QUEUED, REJECTED or FAILED, unless the upload is final already; True if this call ended it."""
-        fields: dict[str, Any] = {"status": status, "ingested_at": now(), "updated_at": now(), "updated_by": "ingest"}
+        t = now()
+        fields: dict[str, Any] = {"status": status, "ingested_at": t, **_by("ingest", t)}
         if reason:
             fields["reason"] = reason
         if study_key:
@@ -124,9 +130,9 @@ class Uploads(Repository):
     def _settle_open(self, upload_id: str, status: str, reason: str, from_states: tuple[str, ...], *,
                      actor: str) -> bool:
         names = {f":s{i}": s for i, s in enumerate(from_states)}
+        t = now()
         try:
-            self.table.update(upload_id, {"status": status, "reason": reason, "ingested_at": now(),
-                                          "updated_at": now(), "updated_by": actor},
+            self.table.update(upload_id, {"status": status, "reason": reason, "ingested_at": t, **_by(actor, t)},
                               condition=f"#status IN ({', '.join(names)})", values=names)
             return True
         except Conflict:
@@ -173,7 +179,7 @@ class Studies(Repository):
         sends that record's job again (same ``job_id``); another upload of a
         study already queued, running or done sends nothing.
         """
-        item = {**item, "updated_at": now(), "updated_by": "ingest"}
+        item = {**item, **_by("ingest", now())}
         try:
             self.table.put_new(item)
             return Registered(job)
@@ -203,7 +209,7 @@ class Studies(Repository):
         try:
             record = self.table.update(
                 job.study_key, {"status": Status.PROCESSING, "started_at": t, "worker_instance": instance,
-                                "lease_until": t + lease_s, "updated_at": now(), "updated_by": f"worker:{instance}", **fields},
+                                "lease_until": t + lease_s, **_by(f"worker:{instance}", t), **fields},
                 add={"attempts": 1},
                 condition="#job_id = :job AND (#status = :queued OR (#status = :processing AND "
                           "(attribute_not_exists(#lease_until) OR #lease_until < :now)))",
@@ -246,8 +252,9 @@ class Studies(Repository):
 
     def mark_done(self, job: JobMessage, fields: dict[str, Any], *, actor: str = "worker") -> bool:
         """PROCESSING -> DONE with the results; False if another attempt settled it first."""
+        t = now()
         try:
-            self.table.update(job.study_key, {"status": Status.DONE, "done_at": now(), "updated_at": now(), "updated_by": actor, **fields},
+            self.table.update(job.study_key, {"status": Status.DONE, "done_at": t, **_by(actor, t), **fields},
                               condition="#job_id = :job AND #status = :processing",
                               values={":job": job.job_id, ":processing": Status.PROCESSING})
             return True
@@ -256,8 +263,9 @@ class Studies(Repository):
 
     def settle(self, job: JobMessage, status: str, reason: str, detail: str = "", *, actor: str = "worker") -> bool:
         """QUEUED | PROCESSING -> REJECTED or FAILED with a reason; False if it was settled already."""
-        fields = {"status": status, "reason": reason, "detail": detail[:200] or None, "finished_at": now(),
-                  "updated_at": now(), "updated_by": actor}
+        t = now()
+        fields = {"status": status, "reason": reason, "detail": detail[:200] or None, "finished_at": t,
+                  **_by(actor, t)}
         try:
             self.table.update(job.study_key, fields, condition="#job_id = :job AND #status IN (:queued, :processing)",
                               values={":job": job.job_id, **_LIVE})
@@ -271,7 +279,7 @@ class Studies(Repository):
         """(no alert) | a SENDING claim older than the lease -> SENDING; True if this caller holds it."""
         try:
             self.table.update(
-                study_key, {"alert_state": AlertState.SENDING, "alert_claimed_at": at, "updated_at": now(), "updated_by": "triage"},
+                study_key, {"alert_state": AlertState.SENDING, "alert_claimed_at": at, **_by("triage", now())},
                 condition="#status = :done AND (attribute_not_exists(#alert_state) OR "
                           "(#alert_state = :sending AND #alert_claimed_at < :stale))",
                 values={":done": Status.DONE, ":sending": AlertState.SENDING, ":stale": at - lease_s},
@@ -282,9 +290,10 @@ class Studies(Repository):
 
     def mark_alert_sent(self, study_key: str, *, latency_s: float | None = None) -> bool:
         """SENDING -> SENT (with DONE -> alert seconds); False if the claim was lost meanwhile."""
+        t = now()
         try:
-            self.table.update(study_key, {"alert_state": AlertState.SENT, "alerted_at": now(),
-                                          "alert_latency_s": None if latency_s is None else round(latency_s, 3), "updated_at": now(), "updated_by": "triage"},
+            self.table.update(study_key, {"alert_state": AlertState.SENT, "alerted_at": t, **_by("triage", t),
+                                          "alert_latency_s": None if latency_s is None else round(latency_s, 3)},
                               condition="#alert_state = :sending", values={":sending": AlertState.SENDING})
             return True
         except Conflict:
@@ -293,7 +302,7 @@ class Studies(Repository):
     def sign_off(self, study_key: str, signoff: dict[str, Any]) -> dict[str, Any] | None:
         """A radiologist's sign-off of a DONE study: the latest shown, every one kept; None if not DONE."""
         try:
-            return self.table.update(study_key, {"signoff": signoff, "updated_at": now(), "updated_by": f"user:{signoff['user']}"},
+            return self.table.update(study_key, {"signoff": signoff, **_by(f"user:{signoff['user']}", signoff["at"])},
                                      append={"signoffs": [signoff]}, add={"signoff_count": 1},
                                      condition="#status = :done", values={":done": Status.DONE})
         except Conflict:
