@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 from ctfleet.aws.alerts import AlertRecords, Alerts
 from ctfleet.aws.audit import AuditTrail
 from ctfleet.aws.clients import Clients
-from ctfleet.aws.failures import sorted_errors
 from ctfleet.aws.facilities import FacilityConfigs
 from ctfleet.aws.fleet import FleetGroup
 from ctfleet.aws.objects import Objects
 from ctfleet.aws.queues import Queue
 from ctfleet.aws.records import Table
 from ctfleet.aws.repositories import Studies, Uploads
-from ctfleet.aws.secrets import FacilitySecrets
+from ctfleet.aws.secrets import FacilitySecrets, read_secret
 from ctfleet.settings import Settings
 
 
@@ -52,14 +51,10 @@ class HandlerDeps:
         self.facilities = FacilityConfigs(Table(c.dynamodb, s.facilities_table), default_threshold=s.high_threshold,
                                           cache_s=s.facility_config_cache_s)
         self.alerts = Alerts(self.studies, AlertRecords(Table(c.dynamodb, s.alerts_table)), self.facilities, c.sns,
-                             lambda: c.topic_arn(s.alerts_topic), s.api_url, webhook_key=self._webhook_key)
+                             lambda: c.topic_arn(s.alerts_topic), s.api_url,
+                             webhook_key=lambda name: read_secret(c.secrets, name))
         self.fleet = FleetGroup(c.autoscaling, s.fleet.group_name)
         self.audit = AuditTrail(Table(c.dynamodb, s.audit_table))
-
-    def _webhook_key(self, name: str) -> bytes:
-        with sorted_errors(f"secretsmanager:{name}"):
-            got = self.clients.secrets.get_secret_value(SecretId=name)
-        return bytes(got["SecretBinary"]) if "SecretBinary" in got else str(got["SecretString"]).encode()
 
     def queue(self, name: str) -> Queue:
         """The queue called ``name`` (its URL looked up once per process)."""

@@ -1,4 +1,4 @@
-"""The per-facility HMAC secrets, from Secrets Manager, cached per process."""
+"""Secrets from Secrets Manager: the per-facility HMAC secrets (cached per process), and any one by name."""
 
 from __future__ import annotations
 
@@ -39,15 +39,18 @@ class FacilitySecrets:
             if facility in self._cache:
                 return self._cache[facility]
         try:
-            secret = self._read(self._name_of(facility))
+            secret = read_secret(self._client, self._name_of(facility))
         except NotFound as exc:
             raise BadInput(Reason.UNKNOWN_FACILITY, f"no secret configured for facility {facility}") from exc
         with self._lock:
             self._cache[facility] = secret
         return secret
 
-    @retrying
-    def _read(self, name: str) -> bytes:
-        with sorted_errors("secretsmanager"):
-            value = self._client.get_secret_value(SecretId=name)
-        return bytes(value.get("SecretBinary") or str(value["SecretString"]).encode())
+
+
+@retrying
+def read_secret(secretsmanager: Any, name: str) -> bytes:
+    """The bytes of secret ``name`` (binary, or its string as UTF-8); :class:`NotFound` if there is none."""
+    with sorted_errors("secretsmanager"):
+        value = secretsmanager.get_secret_value(SecretId=name)
+    return bytes(value.get("SecretBinary") or str(value["SecretString"]).encode())
