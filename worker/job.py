@@ -116,7 +116,7 @@ class JobRunner:
     max_failures: int = 3
 
     def prepare(self, job: JobMessage) -> Prepared | JobOutcome:
-        """Claim the study, download and decode its series: everything before the GPU (:meth:`finish`).
+        """Claim the study, download and decode its series: everything before the GPU (:meth:`infer`).
 
         Returns an outcome instead when there is nothing to analyze: held by a live
         worker, settled already, bad input (REJECTED) or its input gone (FAILED).
@@ -139,11 +139,6 @@ class JobRunner:
         except InputMissing as exc:  # the de-identified series is gone: no retry can bring it back
             self.studies.settle(job, Status.FAILED, Reason.INPUT_MISSING, exc.detail, actor=self.actor)
             return JobOutcome(Status.FAILED, job.study_key, Reason.INPUT_MISSING)
-
-    def finish(self, prepared: Prepared) -> JobOutcome:
-        """Analyze, write the results and record DONE: :meth:`infer` then :meth:`record`."""
-        analyzed = self.infer(prepared)
-        return self.record(analyzed) if isinstance(analyzed, Analyzed) else analyzed
 
     def infer(self, prepared: Prepared) -> Analyzed | JobOutcome:
         """Run the model (the GPU's part); REJECTED if the volume can never be analyzed."""

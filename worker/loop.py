@@ -7,8 +7,9 @@ each job keeping its own heartbeat: while the GPU analyzes one study, the next m
 received and prepared in one thread and the previous study's results are written in
 another, so the model waits neither for S3 and DICOM decoding nor for rendering and
 uploads. A worker that stops hands a prefetched job back unrun. Deleting is the last
-step, so a crash anywhere before it means the message comes back and the work is redone; results are overwritten in place
-and the DONE write is conditional, so doing it twice is harmless.
+step, so a crash anywhere before it means the message comes back and the work is redone;
+results are overwritten in place and the DONE write is conditional, so doing it twice is
+harmless.
 
 How a message is settled follows from how its job ended:
 
