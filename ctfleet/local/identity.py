@@ -21,6 +21,7 @@ import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ class LocalPool:
     def jwks_url(self) -> str:
         return f"{self.endpoint}/{self.user_pool_id}/.well-known/jwks.json"
 
-    def client(self) -> Any:
+    @cached_property
+    def idp(self) -> Any:
+        """The pool's boto3 client, built once (not a field: the state file holds only the fields)."""
         import boto3
 
         return boto3.client("cognito-idp", endpoint_url=self.endpoint, region_name=self.region,
@@ -81,7 +84,7 @@ class LocalPool:
         if role not in Role.ALL:
             raise BadInput(Reason.BAD_REQUEST, f"role must be one of {', '.join(Role.ALL)}")
         name = username or f"{facility}-{role}"
-        idp = self.client()
+        idp = self.idp
         groups = {g["GroupName"] for g in idp.list_groups(UserPoolId=self.user_pool_id)["Groups"]}
         if FACILITY_GROUP + facility not in groups:
             raise BadInput(Reason.UNKNOWN_FACILITY, f"{facility} is not a facility of this stack")
@@ -102,7 +105,7 @@ class LocalPool:
     def sign_in(self, username: str) -> dict[str, Any]:
         """``InitiateAuth`` as the page and the CLI do it: ``{"token", "expires_at", "user"}``."""
         with sorted_errors("cognito:sign-in"):
-            got = self.client().initiate_auth(ClientId=self.client_id, AuthFlow="USER_PASSWORD_AUTH",
+            got = self.idp.initiate_auth(ClientId=self.client_id, AuthFlow="USER_PASSWORD_AUTH",
                                               AuthParameters={"USERNAME": username,
                                                               "PASSWORD": self.passwords[username]})
         result = got["AuthenticationResult"]

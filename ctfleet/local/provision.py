@@ -51,11 +51,11 @@ def provision(clients: Clients, facility_secrets: dict[str, bytes] | None = None
     out["queues"][s.scaler_queue.name] = _create_queue(clients, s.scaler_queue)
     out["topic_arn"] = clients.sns.create_topic(Name=s.alerts_topic)["TopicArn"]
     out["facility_topics"] = {}
+    configs = FacilityConfigs(Table(clients.dynamodb, s.facilities_table), default_threshold=s.high_threshold)
     for facility in s.facilities:
         topic = clients.sns.create_topic(Name=s.facility_topic(facility))["TopicArn"]
         out["facility_topics"][facility] = topic
-        FacilityConfigs(Table(clients.dynamodb, s.facilities_table), default_threshold=s.high_threshold).put(
-            FacilityConfig(facility, high_threshold=s.high_threshold, topic_arn=topic))
+        configs.put(FacilityConfig(facility, high_threshold=s.high_threshold, topic_arn=topic))
     _create_fleet(clients, s)
     _notify_on_manifest(clients, s, out["queues"][s.ingest_queue.name])
     for facility in s.facilities:
