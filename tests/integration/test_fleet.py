@@ -3,6 +3,7 @@ boots one real worker process per instance, and scale-in never stops a running j
 
 from __future__ import annotations
 
+import functools
 import time
 
 import pytest
@@ -35,9 +36,14 @@ def api(fleet_stack) -> ApiClient:
     return ApiClient(fleet_stack.api_url + "/api", token=fleet_stack.token("demo", "clinician"))
 
 
+@functools.lru_cache(maxsize=4)
+def phantom(seed: int):
+    return from_preset("clean", seed=seed)
+
+
 def study(n: int) -> list[tuple[str, bytes]]:
-    """A small synthetic chest study of its own (new UIDs each call)."""
-    p = from_preset("clean", seed=n)
+    """A small synthetic chest study of its own (new UIDs each call; one of four phantoms)."""
+    p = phantom(n % 4)
     datasets = series_to_datasets(p.hu[::2], (p.spacing_mm[0] * 2, *p.spacing_mm[1:]), patient_id=f"FLEET-{n}")
     return [(f"IM{i:04d}.dcm", dataset_to_bytes(ds)) for i, ds in enumerate(datasets)]
 
@@ -82,16 +88,26 @@ def test_one_urgent_study_grows_the_fleet_from_zero_and_it_shrinks_back_after_th
 
 
 def test_a_backfill_runs_on_two_workers_and_an_urgent_study_overtakes_it(fleet_stack, api):
-    # Every file is sent first; completing an upload is one small request, so the second half of
-    # the backlog and the urgent study enter the queues within a moment of each other, however
-    # fast the workers drain (sending as we go let two quick workers empty the queue on CI).
-    backfill = [api.send("demo", study(10 + n), priority="backfill") for n in range(20)]
+    # The backlog must exist when the urgent job is queued, however fast the workers drain and
+    # however slowly ingest runs beside them (on a 2-core CI machine two busy workers starved
+    # ingest until they had emptied the queue). So the machines are held at boot until the whole
+    # backlog is queued, then let up; the urgent study is completed once both are at work.
+    backfill = [api.send("demo", study(10 + n), priority="backfill") for n in range(12)]
     urgent = api.send("demo", study(99))
-    for sent in backfill[:10]:
-        api.complete(sent.upload_id)
+    booting = fleet_stack.fleet.boot_s
+    fleet_stack.fleet.boot_s = 600.0
+    try:
+        for sent in backfill:
+            api.complete(sent.upload_id)
+        wait_for(lambda: all(api.get_upload(b.upload_id)["status"] == "QUEUED" for b in backfill), 120,
+                 "the backlog to be queued")
+        assert fleet_stack.fleet.size == 0, "no machine was up while the backlog was queued"
+    finally:
+        fleet_stack.fleet.boot_s = booting
     wait_for(lambda: fleet_stack.fleet.size == 2, 60, "two workers for the backlog")
-    for sent in backfill[10:]:
-        api.complete(sent.upload_id)
+    keys = [api.get_upload(b.upload_id)["study_key"] for b in backfill]
+    wait_for(lambda: sum(api.get_study(k)["status"] != "QUEUED" for k in keys) >= 2, 120,
+             "both workers to be at work on the backlog")
     api.complete(urgent.upload_id)
     urgent_done = api.wait(urgent.upload_id, timeout_s=180)["study"]
     assert urgent_done["status"] == "DONE"
