@@ -122,6 +122,10 @@ def test_a_backfill_runs_on_two_workers_and_an_urgent_study_overtakes_it(fleet_s
 
 
 def test_lowering_the_desired_capacity_during_a_job_does_not_stop_it(fleet_stack, api):
+    # From a fleet at rest: an idle machine of the test before could be scaled in just as it takes
+    # the job, and an instance leaving its group cannot be protected (it drains instead).
+    wait_for(lambda: group(fleet_stack)["DesiredCapacity"] == 0 and fleet_stack.fleet.size == 0,
+             IDLE_GRACE_S + 60, "the fleet to come to rest")
     up = api.upload("demo", study(200))
     key = wait_for(lambda: api.get_upload(up.upload_id).get("study_key"), 60, "ingest")
     wait_for(lambda: api.get_study(key)["status"] == "PROCESSING", 120, "the job to start")
