@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: setup browser lint demo test test-unit test-integration bench validate lock clean
+.PHONY: setup browser lint demo test test-unit test-integration bench validate soak-backfill lock clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,11 @@ test-integration: setup
 # Speed as ratios to pydicom's own read time, measured in the same run (not part of `make test`).
 bench: setup
 	$(BIN)/python -m ctfleet.dev.bench --out docs/benchmarks.md
+
+# The backfill acceptance run at full size: 200 generated studies through the local stack,
+# killed with SIGKILL midway and resumed (make test runs the same test on 24 studies).
+soak-backfill: setup
+	CTFLEET_BACKFILL_STUDIES=200 $(BIN)/python -m pytest tests/integration/test_backfill.py $(PYTEST_ARGS)
 
 # Synthetic lesions of known size inserted into the real CT and phantoms; writes docs/validation.md.
 validate: setup

@@ -10,6 +10,8 @@ Routes (right needed)
 ---------------------
 POST /uploads                      {priority?, files: [{name, size, sha256}]}            upload
                                    -> 201 {upload_id, files: [{name, url, fields}], complete_url}
+POST /uploads/{upload_id}/urls     -> 200 fresh presigned URLs for the promised files S3 lacks  upload
+                                      (expired ones renewed; 409 once the upload is completed)
 POST /uploads/{upload_id}/complete -> 202 once every promised file is in S3 (409 otherwise)  upload
 GET  /uploads/{upload_id}          -> the upload's status, reason and study key           status
 GET  /studies                      -> the facility's worklist, newest first              status
@@ -199,6 +201,27 @@ def _promised_files(files: list[Any], max_files: int) -> tuple[ManifestFile, ...
     return tuple(promised)
 
 
+def renew_urls(api: HandlerDeps, event: dict[str, Any], who: Principal, upload_id: str) -> Response:
+    """New presigned POSTs for every promised file not yet in S3 at its promised size (a resumed or
+    slow backfill whose URLs expired); the upload's own deadline does not move."""
+    record = _own(api.uploads.get(check_upload_id(upload_id)), who)
+    if record is None:
+        return error(404, Reason.NOT_FOUND, "no such upload")
+    if record["status"] != UploadStatus.RECEIVED:
+        return error(409, Reason.CONFLICT, f"the upload is {record['status']}: nothing more can be sent to it")
+    s, facility = api.settings, record["facility"]
+    promised = Manifest.from_json(api.raw.get(promised_key(facility, upload_id)))
+    present = api.raw.sizes(raw_prefix(facility, upload_id))
+    remaining = int(float(record.get("expires_at", 0)) - now())
+    if remaining <= 0:
+        return error(409, Reason.UPLOAD_INCOMPLETE, "the upload's deadline has passed; create a new upload")
+    ttl = min(s.upload_url_ttl_s, remaining)
+    urls = [{"name": f.name, **api.raw.presigned_post(raw_key(facility, upload_id, f.name), f.size, ttl)}
+            for f in promised.files if present.get(f.name) != f.size]
+    return response(200, {"upload_id": upload_id, "files": urls, "promised": len(promised.files),
+                          "complete_url": f"/uploads/{upload_id}/complete"})
+
+
 def complete_upload(api: HandlerDeps, event: dict[str, Any], who: Principal, upload_id: str) -> Response:
     record = _own(api.uploads.get(check_upload_id(upload_id)), who)
     if record is None:
@@ -306,6 +329,7 @@ Route = Callable[..., Response]
 # Method, path pattern (its named groups become keyword arguments), the right it needs, function.
 ROUTES: tuple[tuple[str, re.Pattern[str], str, Route], ...] = (
     ("POST", re.compile(r"^/uploads$"), Right.UPLOAD, create_upload),
+    ("POST", re.compile(r"^/uploads/(?P<upload_id>[0-9a-f]{32})/urls$"), Right.UPLOAD, renew_urls),
     ("POST", re.compile(r"^/uploads/(?P<upload_id>[0-9a-f]{32})/complete$"), Right.UPLOAD, complete_upload),
     ("GET", re.compile(r"^/uploads/(?P<upload_id>[0-9a-f]{32})$"), Right.STATUS, get_upload),
     ("GET", re.compile(r"^/studies$"), Right.STATUS, list_studies),

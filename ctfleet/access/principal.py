@@ -9,6 +9,7 @@ right                 clinic  radio  it           finance      route
 upload (urgent)       yes     yes    no           no           POST /uploads
 upload (backfill)     yes     yes    yes          no           POST /uploads
 status                yes     yes    yes          no           GET /uploads/{id}, /studies
+triage level, score   yes     yes    yes          no           GET /studies, /studies/{key}
 findings, results     yes     yes    no           no           GET /studies/{key}
 sign-off, audit       no      yes    no           no           POST .../signoff, GET .../audit
 cost                  no      no     no           yes          (cost figures)
@@ -39,17 +40,18 @@ class Right:
     UPLOAD = "upload"  # create and complete uploads (IT: backfill only)
     URGENT = "urgent"  # send urgent work
     STATUS = "status"  # upload and study status, the worklist
-    FINDINGS = "findings"  # triage, scores, result images
+    TRIAGE = "triage"  # the triage level and score (IT's manifest maps them back to patients)
+    FINDINGS = "findings"  # volumes, flags, alerts, sign-off, result images
     SIGNOFF = "signoff"
     AUDIT = "audit"
     COST = "cost"
 
 
 RIGHTS: dict[str, frozenset[str]] = {
-    Role.CLINICIAN: frozenset({Right.UPLOAD, Right.URGENT, Right.STATUS, Right.FINDINGS}),
-    Role.RADIOLOGIST: frozenset({Right.UPLOAD, Right.URGENT, Right.STATUS, Right.FINDINGS, Right.SIGNOFF,
-                                 Right.AUDIT}),
-    Role.IT: frozenset({Right.UPLOAD, Right.STATUS}),
+    Role.CLINICIAN: frozenset({Right.UPLOAD, Right.URGENT, Right.STATUS, Right.TRIAGE, Right.FINDINGS}),
+    Role.RADIOLOGIST: frozenset({Right.UPLOAD, Right.URGENT, Right.STATUS, Right.TRIAGE, Right.FINDINGS,
+                                 Right.SIGNOFF, Right.AUDIT}),
+    Role.IT: frozenset({Right.UPLOAD, Right.STATUS, Right.TRIAGE}),
     Role.FINANCE: frozenset({Right.COST}),
 }
 

@@ -15,8 +15,10 @@ UPLOAD_FIELDS = ("upload_id", "facility", "priority", "status", "reason", "study
 # Where a study is: enough for IT to follow a backfill.
 STUDY_STATUS_FIELDS = ("study_key", "facility", "priority", "status", "reason", "created_at", "queued_at",
                        "started_at", "done_at", "finished_at", "attempts")
+# The triage itself: for IT too, whose local manifest maps it back to the hospital's patients.
+STUDY_TRIAGE_FIELDS = ("triage_level", "score")
 # What it showed: for the clinical roles.
-STUDY_FINDING_FIELDS = ("triage_level", "score", "severity_score", "flags", "lung_volume_ml", "lesion_volume_ml",
+STUDY_FINDING_FIELDS = ("severity_score", "flags", "lung_volume_ml", "lesion_volume_ml",
                         "involvement_pct", "model_version", "alert_state", "alerted_at", "signoff")
 
 
@@ -25,5 +27,6 @@ def upload_view(record: dict[str, Any], who: Principal) -> dict[str, Any]:
 
 
 def study_view(record: dict[str, Any], who: Principal) -> dict[str, Any]:
-    fields = STUDY_STATUS_FIELDS + (STUDY_FINDING_FIELDS if who.may(Right.FINDINGS) else ())
+    fields = (STUDY_STATUS_FIELDS + (STUDY_TRIAGE_FIELDS if who.may(Right.TRIAGE) else ())
+              + (STUDY_FINDING_FIELDS if who.may(Right.FINDINGS) else ()))
     return {k: record[k] for k in fields if k in record}

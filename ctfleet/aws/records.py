@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -199,6 +200,21 @@ class Table:
                 if "LastEvaluatedKey" not in out:
                     return count
                 kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
+
+    def scan(self, *, where: tuple[str, str] | None = None) -> Iterator[dict[str, Any]]:
+        """Every item (``where``: only those whose attribute begins with the value), page by page.
+        For operators' reports and tests; the request paths query indexes."""
+        kwargs: dict[str, Any] = {"TableName": self.name}
+        if where:
+            kwargs.update(FilterExpression="begins_with(#w, :w)", ExpressionAttributeNames={"#w": where[0]},
+                          ExpressionAttributeValues={":w": {"S": where[1]}})
+        while True:
+            with sorted_errors(f"dynamodb:{self.name}"):
+                out = self._db.scan(**kwargs)
+            yield from (deserialize(i) for i in out.get("Items", []))
+            if "LastEvaluatedKey" not in out:
+                return
+            kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
 
     def _write(self, call: Any) -> Any:
         with sorted_errors(f"dynamodb:{self.name}"):

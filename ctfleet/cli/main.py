@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ctfleet.errors import BadInput
+from ctfleet.errors import BadInput, Refused, Transient
 from ctfleet.logs import configure_logging
 from ctfleet.settings import Settings
 
@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet-max", type=int, default=2, help="most instances the fleet may grow to (from 0)")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for every study")
 
+    from .backfill.command import add_arguments as backfill_arguments
+
+    backfill_arguments(sub)
+
     p = sub.add_parser("scale", help="one scaler pass: size the GPU fleet from the queues")
     p.add_argument("--dry-run", action="store_true", help="decide and print, change nothing")
 
@@ -75,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as exc:
         print(f"error: {exc.reason}: {exc.detail or 'bad input'}", file=sys.stderr)
         return 2
+    except Refused as exc:  # the API said no: sign in again, or ask for the role that may
+        print(f"error: {exc.reason}: {exc.detail or 'refused'}", file=sys.stderr)
+        return 2
+    except Transient as exc:
+        print(f"error: {exc.reason}: {exc.detail or 'the service is unavailable'}; try again later", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - the outermost loop: exit 1 with a readable line, details in the log
@@ -115,6 +125,18 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return demo(args, settings)
 
 
+def _backfill(args: argparse.Namespace, settings: Settings) -> int:
+    from .backfill.command import command
+
+    return command(args, settings)
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from .backfill.command import status
+
+    return status(args, settings)
+
+
 def _scale(args: argparse.Namespace, settings: Settings) -> int:
     from .local import scale
 
@@ -133,6 +155,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "local up": _local_up,
     "local token": _local_token,
     "demo": _demo,
+    "backfill": _backfill,
+    "status": _status,
     "scale": _scale,
     "worker": _worker,
 }

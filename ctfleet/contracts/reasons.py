@@ -73,6 +73,11 @@ class Reason:
     MULTI_FRAME = "multi_frame"  # a candidate stack passed over: multi-frame images
     TOO_FEW_SLICES = "too_few_slices"  # a stack with too few slices to analyze (a scout, a short stack)
     NO_GEOMETRY = "no_geometry"  # a candidate stack passed over: a slice lacks position, orientation or spacing
+    # Archives (ctfleet backfill, ctfleet deid).
+    BAD_ARCHIVE = "bad_archive"  # a zip file, or a member of one, that cannot be read
+    NO_STUDY_UID = "no_study_uid"  # an image without StudyInstanceUID: it cannot be placed in a study
+    DUPLICATE_SOP_CONFLICT = "duplicate_sop_conflict"  # a second file with a SOPInstanceUID seen, other content
+    UPLOAD_FAILED = "upload_failed"  # the API or S3 kept failing for one study: retried, then given up
     # The model's own errors (model/ imports nothing of ours, so it writes these as strings;
     # tests/unit/test_reasons.py checks that every one it raises is listed here).
     BAD_SPACING = "bad_spacing"  # voxel spacing not finite and positive

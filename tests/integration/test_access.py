@@ -98,7 +98,10 @@ def test_each_role_sees_only_its_fields(stack, theirs):
     clinician = call(stack, "GET", f"/studies/{key}", stack.token("other", "clinician")).json()
     assert clinician["triage_level"] and clinician["result_urls"] and not INTERNAL & set(clinician)
     it = call(stack, "GET", f"/studies/{key}", stack.token("other", "it")).json()
-    assert it["status"] == "DONE" and not {"triage_level", "score", "result_urls"} & set(it) and not INTERNAL & set(it)
+    # IT sees where the study is and its triage (for the hospital's manifest), no findings or images.
+    assert it["status"] == "DONE" and it["triage_level"] == clinician["triage_level"] and "score" in it
+    assert not {"flags", "lesion_volume_ml", "involvement_pct", "result_urls", "signoff"} & set(it)
+    assert not INTERNAL & set(it)
     upload = call(stack, "GET", f"/uploads/{theirs['upload_id']}", stack.token("other", "it")).json()
     assert upload["study_key"] == key and not INTERNAL - {"upload_id"} & set(upload)
 

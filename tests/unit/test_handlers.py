@@ -96,6 +96,28 @@ def test_api_creates_an_upload_refuses_to_complete_it_early_then_completes_it(st
     assert again["statusCode"] == 202 and json.loads(again["body"])["status"] == UploadStatus.COMPLETE
 
 
+def test_api_renews_the_urls_of_the_files_s3_lacks_until_the_upload_is_completed(stack, series):
+    files = series[:3]
+    created = json.loads(api.handle(http("POST", "/uploads", {"files": listing(files)}), stack.deps)["body"])
+    upload_id = created["upload_id"]
+    stack.deps.raw.put(raw_key("demo", upload_id, files[0][0]), files[0][1])
+    stack.deps.raw.put(raw_key("demo", upload_id, files[1][0]), files[1][1][:10])  # cut short on the way
+    renewed = api.handle(http("POST", f"/uploads/{upload_id}/urls"), stack.deps)
+    assert renewed["statusCode"] == 200
+    body = json.loads(renewed["body"])
+    assert [f["name"] for f in body["files"]] == [files[1][0], files[2][0]] and body["promised"] == 3
+    assert all(f["url"] and f["fields"]["key"].endswith(f["name"]) for f in body["files"])
+    elsewhere = api.handle(http("POST", f"/uploads/{upload_id}/urls", who=claims("other")), stack.deps)
+    assert elsewhere["statusCode"] == 404
+    finance = api.handle(http("POST", f"/uploads/{upload_id}/urls", who=claims(role="finance")), stack.deps)
+    assert finance["statusCode"] == 403
+    for name, blob in files[1:]:
+        stack.deps.raw.put(raw_key("demo", upload_id, name), blob)
+    assert api.handle(http("POST", f"/uploads/{upload_id}/complete"), stack.deps)["statusCode"] == 202
+    after = api.handle(http("POST", f"/uploads/{upload_id}/urls"), stack.deps)
+    assert after["statusCode"] == 409 and json.loads(after["body"])["error"] == Reason.CONFLICT
+
+
 @pytest.mark.parametrize("method, path, status, reason", [
     ("GET", "/nowhere", 404, Reason.NOT_FOUND),
     ("DELETE", "/uploads", 404, Reason.NOT_FOUND),
