@@ -20,6 +20,8 @@ GET  /studies/{study_key}          -> one study; with findings and presigned res
 POST /studies/{study_key}/signoff  {decision: agree|disagree, comment?, triage_level?}   signoff
                                    -> 201 the study with its latest sign-off (every one is kept)
 GET  /studies/{study_key}/audit    -> every event of the study and its uploads, in order   audit
+GET  /cost?month=YYYY-MM&by=facility|study|day -> the facility's direct and fully loaded   cost
+                                      cost of its studies DONE that month (:mod:`ctfleet.aws.costs`)
 
 File names live only in the raw bucket (they may carry PHI); records hold counts. What each
 role is shown of a record is :mod:`ctfleet.access.views`.
@@ -53,6 +55,7 @@ from ctfleet.contracts import (
 )
 from ctfleet.access import Principal, Right, study_view, upload_view
 from ctfleet.aws.audit import subject
+from ctfleet.aws.costs import read_report
 from ctfleet.errors import BadInput, Forbidden, Unauthenticated
 
 from .deps import HandlerDeps
@@ -319,6 +322,16 @@ def get_audit(api: HandlerDeps, event: dict[str, Any], who: Principal, study_key
 
 
 
+def get_cost(api: HandlerDeps, event: dict[str, Any], who: Principal) -> Response:
+    """Finance's figures: the caller's facility only (the overhead is shared over every facility's
+    studies of the month, but no facility sees another's)."""
+    query = event.get("queryStringParameters") or {}
+    _same_facility(who, query.get("facility"))
+    month, by = query.get("month", ""), query.get("by", "facility")
+    report = read_report(api.ledger, api.studies.table, month)
+    return response(200, report.to_json(by, facility=who.facility))
+
+
 def _result_name(key: str) -> str:
     """``labels.nii.gz``, ``report.json``, ``overlay/axial_028.png``: a result's name in its prefix."""
     name = key.rsplit("/", 1)[-1]
@@ -336,6 +349,7 @@ ROUTES: tuple[tuple[str, re.Pattern[str], str, Route], ...] = (
     ("GET", re.compile(r"^/studies/(?P<study_key>[0-9a-f]{8,64})$"), Right.STATUS, get_study),
     ("POST", re.compile(r"^/studies/(?P<study_key>[0-9a-f]{8,64})/signoff$"), Right.SIGNOFF, sign_off),
     ("GET", re.compile(r"^/studies/(?P<study_key>[0-9a-f]{8,64})/audit$"), Right.AUDIT, get_audit),
+    ("GET", re.compile(r"^/cost$"), Right.COST, get_cost),
 )
 
 __all__ = ["ROUTES", "handle", "lambda_handler"]

@@ -38,6 +38,7 @@ class HandlerDeps:
     fleet: FleetGroup = field(init=False)
     facilities: FacilityConfigs = field(init=False)
     audit: AuditTrail = field(init=False)
+    ledger: Table = field(init=False)  # the cost ledger, read for finance's cost figures
 
     def __post_init__(self) -> None:
         c = self.clients
@@ -55,6 +56,7 @@ class HandlerDeps:
                              webhook_key=lambda name: read_secret(c.secrets, name))
         self.fleet = FleetGroup(c.autoscaling, s.fleet.group_name)
         self.audit = AuditTrail(Table(c.dynamodb, s.audit_table))
+        self.ledger = Table(c.dynamodb, s.ledger_table)
 
     def queue(self, name: str) -> Queue:
         """The queue called ``name`` (its URL looked up once per process)."""

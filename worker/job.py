@@ -190,9 +190,11 @@ class JobRunner:
         """The heartbeat's second half: keep this instance's lease on the study."""
         self.studies.renew_lease(job, self.instance.instance_id, lease_s=self.lease_s)
 
-    def hand_back(self, job: JobMessage) -> None:
-        """An interruption: give the lease up so the next delivery starts at once; not a failure."""
-        self.studies.release(job, self.instance.instance_id)
+    def hand_back(self, job: JobMessage, held_s: float = 0.0) -> None:
+        """An interruption: give the lease up so the next delivery starts at once; not a failure.
+        ``held_s``, this instance's time on the job, is charged to the study as interrupted work."""
+        usd = Decimal(f"{held_s / 3600.0 * self.price().usd_per_hour:.9f}")
+        self.studies.release(job, self.instance.instance_id, held_s=held_s, held_usd=usd)
 
     def fail(self, job: JobMessage) -> JobOutcome | None:
         """Count a failed attempt; on the last one record FAILED (the outcome), else None (SQS redelivers)."""

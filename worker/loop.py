@@ -226,7 +226,7 @@ class Worker:
         with self._lock:
             self._active.append(ticket)
         self._book()
-        result, ticket.action = self._decide(job, lambda: self.runner.prepare(job))
+        result, ticket.action = self._decide(ticket, lambda: self.runner.prepare(job))
         if isinstance(result, Prepared):
             ticket.prepared = result
         else:
@@ -238,7 +238,7 @@ class Worker:
         prepared, ticket.prepared = ticket.prepared, None
         if prepared is None or ticket.action is not None:
             return
-        result, ticket.action = self._decide(ticket.job, lambda: self.runner.infer(prepared))
+        result, ticket.action = self._decide(ticket, lambda: self.runner.infer(prepared))
         if isinstance(result, Analyzed):
             ticket.analyzed = result
         else:
@@ -249,20 +249,21 @@ class Worker:
         self._analyze(ticket)
         analyzed, ticket.analyzed = ticket.analyzed, None
         if analyzed is not None and ticket.action is None:
-            ticket.outcome, ticket.action = self._decide(ticket.job, lambda: self.runner.record(analyzed))
+            ticket.outcome, ticket.action = self._decide(ticket, lambda: self.runner.record(analyzed))
         ticket.heartbeat.__exit__(None, None, None)
         with self._lock:
             self._active.remove(ticket)
         self._settle(ticket)
         return ticket.outcome if isinstance(ticket.outcome, JobOutcome) else None
 
-    def _decide(self, job: JobMessage, step: Callable[[], Any]) -> tuple[Any, Settle | None]:
+    def _decide(self, ticket: Ticket, step: Callable[[], Any]) -> tuple[Any, Settle | None]:
         """Run one step of a job; its result, and what to do with the message (None: go on)."""
+        job = ticket.job
         try:
             result = step()
         except Interrupted:
             log.warning("job handed back", extra={"study_key": job.study_key, "job_id": job.job_id})
-            self.runner.hand_back(job)
+            self.runner.hand_back(job, time.monotonic() - ticket.started)
             return None, Settle.HAND_BACK
         except Exception:  # noqa: BLE001 - the outermost handler of a job: a bug, a fault, or retries spent
             log.exception("job failed", extra={"study_key": job.study_key})
@@ -287,7 +288,7 @@ class Worker:
 
     def _give_back(self, ticket: Ticket) -> None:
         """Hand a prepared job back unrun (the worker is stopping): lease released, visible again now."""
-        self.runner.hand_back(ticket.job)
+        self.runner.hand_back(ticket.job, time.monotonic() - ticket.started)
         ticket.prepared, ticket.action = None, Settle.HAND_BACK
         self._complete(ticket)
 

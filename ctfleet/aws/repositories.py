@@ -16,6 +16,7 @@ Alerts:   (none) -> SENDING -> SENT, a SENDING claim older than its lease may be
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from ctfleet.contracts import AlertState, JobMessage, Reason, Status, UploadStatus
@@ -226,9 +227,14 @@ class Studies(Repository):
         """Extend the holder's lease (with each heartbeat); False if ``instance`` no longer holds it."""
         return self._as_holder(job, instance, {"lease_until": now() + lease_s})
 
-    def release(self, job: JobMessage, instance: str) -> bool:
-        """Give the lease up at once (a hand-back): the next delivery may claim it without waiting."""
-        return self._as_holder(job, instance, {"lease_until": 0})
+    def release(self, job: JobMessage, instance: str, *, held_s: float = 0.0, held_usd: Decimal = Decimal(0)) -> bool:
+        """Give the lease up at once (a hand-back): the next delivery may claim it without waiting.
+
+        The instance's time on the job so far (``held_s``, costing ``held_usd``) is added to the
+        study's ``interrupted_s`` / ``interrupted_usd``: finance charges interrupted work to the
+        study it was for, on top of the attempt that finished it."""
+        return self._as_holder(job, instance, {"lease_until": 0},
+                               add={"interrupted_s": Decimal(f"{held_s:.3f}"), "interrupted_usd": held_usd})
 
     def record_failure(self, job: JobMessage, instance: str) -> int:
         """One failed attempt more, and the lease given up; the study's failures so far (0: not the holder)."""
@@ -241,9 +247,10 @@ class Studies(Repository):
         except Conflict:
             return 0
 
-    def _as_holder(self, job: JobMessage, instance: str, fields: dict[str, Any]) -> bool:
+    def _as_holder(self, job: JobMessage, instance: str, fields: dict[str, Any],
+                   add: dict[str, Any] | None = None) -> bool:
         try:
-            self.table.update(job.study_key, fields,
+            self.table.update(job.study_key, fields, add=add,
                               condition="#job_id = :job AND #status = :processing AND #worker_instance = :me",
                               values={":job": job.job_id, ":processing": Status.PROCESSING, ":me": instance})
             return True

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .backfill.command import add_arguments as backfill_arguments
 
     backfill_arguments(sub)
+    from .cost import add_arguments as cost_arguments
+
+    cost_arguments(sub)
 
     p = sub.add_parser("scale", help="one scaler pass: size the GPU fleet from the queues")
     p.add_argument("--dry-run", action="store_true", help="decide and print, change nothing")
@@ -137,6 +140,12 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return status(args, settings)
 
 
+def _cost(args: argparse.Namespace, settings: Settings) -> int:
+    from .cost import command
+
+    return command(args, settings)
+
+
 def _scale(args: argparse.Namespace, settings: Settings) -> int:
     from .local import scale
 
@@ -157,6 +166,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "demo": _demo,
     "backfill": _backfill,
     "status": _status,
+    "cost": _cost,
     "scale": _scale,
     "worker": _worker,
 }

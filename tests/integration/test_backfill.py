@@ -161,3 +161,33 @@ def test_backfill_needs_the_it_role_and_refuses_a_folder_that_is_not_one(stack, 
     missing = backfill(stack, tmp_path, str(tmp_path / "nope"))
     out, err = missing.communicate(timeout=60)
     assert missing.returncode == 2 and "no_input" in err
+
+
+def test_finance_reads_the_backfill_s_cost_through_the_api_and_an_operator_from_the_tables(stack, runs, tmp_path):
+    from PIL import Image
+
+    month = time.strftime("%Y-%m", time.gmtime())
+    env = {**os.environ, "CTFLEET_TOKEN": stack.token("north", "finance")}
+    base = [sys.executable, "-m", "ctfleet", "cost", "--month", month, "--api", stack.api_url + "/api"]
+    chart = tmp_path / "cost.png"
+    out = subprocess.run(base + ["--by", "facility", "--format", "json", "--plot", str(chart)], capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [r["facility"] for r in figures["rows"]] == ["north"] and figures["rows"][0]["studies"] == STUDIES
+    assert float(figures["total_loaded_usd"]) > 0 and "fleet_usd" not in figures
+    with Image.open(chart) as png:
+        assert png.format == "PNG" and png.size[0] >= 600
+    table = subprocess.run(base + ["--by", "day"], capture_output=True, text=True, env=env)
+    assert table.returncode == 0 and "loaded_usd" in table.stdout and "USD fully loaded" in table.stdout
+    # The operator's view: every facility, and the ledger's total beside what the studies carry.
+    direct = subprocess.run([sys.executable, "-m", "ctfleet", "cost", "--month", month, "--direct", "--format", "json"],
+                            capture_output=True, text=True, env={**os.environ, **stack.settings.to_env()})
+    assert direct.returncode == 0, direct.stderr
+    whole = json.loads(direct.stdout.strip().splitlines()[-1])
+    assert whole["instances"] >= 1
+    carried = sum(float(r["loaded_usd"]) for r in whole["rows"]) + float(whole["unallocated_usd"])
+    assert carried == pytest.approx(float(whole["fleet_usd"]), abs=1e-8)
+    clinician = subprocess.run(base, capture_output=True, text=True,
+                               env={**os.environ, "CTFLEET_TOKEN": stack.token("north", "clinician")})
+    assert clinician.returncode == 2 and "role_not_allowed" in clinician.stderr

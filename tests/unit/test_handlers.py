@@ -289,3 +289,30 @@ def test_sweeper_expires_an_upload_that_never_completed(stack, series):
     assert stack.deps.raw.sizes(raw_prefix("demo", upload_id)) == {}
     out = sweeper.handle({}, stack.deps)
     assert out == {"expired": 0, "leftovers": 0, "alerts_retried": 0, "dead_letters": 0}
+
+
+def test_api_serves_finance_its_facility_s_cost_of_a_month(stack):
+    """Known ledger seconds and prices in the tables; finance sees its facility's share only."""
+    from decimal import Decimal
+
+    deps = stack.deps
+    month = "2031-05"  # a month of its own in this shared stack
+    at = 1937000000.0  # 2031-05-19 (UTC)
+    deps.ledger.put({"instance_id": "i-cost-1", "month": month, "price_per_hour_usd": Decimal("0.526"),
+                     "boot_s": Decimal(60), "busy_s": Decimal(500), "idle_s": Decimal(100), "interrupted_s": Decimal(0)})
+    for key, facility in (("c0st0001", "demo"), ("c0st0002", "other")):
+        deps.studies.table.put({"study_key": key, "facility": facility, "status": Status.DONE, "done_at": Decimal(at),
+                                "gpu_seconds": Decimal(200), "cost_usd": Decimal("0.029222222"),
+                                "created_at": Decimal(at)})
+    finance = claims(role="finance")
+    answer = api.handle(http("GET", "/cost", who=finance) | {"queryStringParameters": {"month": month, "by": "study"}},
+                        deps)
+    assert answer["statusCode"] == 200, answer
+    body = json.loads(answer["body"])
+    assert [r["study_key"] for r in body["rows"]] == ["c0st0001"] and "fleet_usd" not in body
+    # 660 s at 0.526 USD/h = 0.096433333, shared equally by two studies of equal direct cost.
+    assert Decimal(body["total_loaded_usd"]) == pytest.approx(Decimal("0.0482166665"), abs=Decimal("1e-9"))
+    clinician = api.handle(http("GET", "/cost") | {"queryStringParameters": {"month": month}}, deps)
+    assert clinician["statusCode"] == 403
+    bad = api.handle(http("GET", "/cost", who=finance) | {"queryStringParameters": {"month": "May"}}, deps)
+    assert bad["statusCode"] == 400
