@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: setup browser lint demo test test-unit test-integration bench validate soak-backfill lock clean
+.PHONY: setup browser dicom-tools lint demo test test-unit test-integration bench validate soak-backfill lock clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,13 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: Chromium not found and cannot install it here; the web test will skip" >&2; fi; }
 
+# DICOM validators the tests hold our output to: dicom3tools (dciodvfy, dcentvfy) and dcmtk.
+dicom-tools:
+	@command -v dciodvfy >/dev/null 2>&1 && command -v dcmftest >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk >/dev/null; \
+	  else echo "note: dicom3tools/dcmtk not found and cannot install them here; the validator tests will skip" >&2; fi; }
+
 demo: setup
 	$(BIN)/ctfleet demo
 
@@ -32,7 +39,7 @@ demo: setup
 lint: setup
 	$(BIN)/python -m mypy
 
-test: setup browser lint
+test: setup browser dicom-tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: setup

@@ -3,11 +3,17 @@
 The work behind the command (the argument parsing lives in :mod:`ctfleet.cli.main`):
 
 1. every file under INPUT (recursively, in sorted path order) is read with
-   :func:`ctfleet.intake.reading.read_dataset`; files that are not DICOM images (a
-   DICOMDIR, a text file, a truncated file) are skipped and counted by reason;
+   :func:`ctfleet.intake.reading.read_dataset`; nothing is skipped silently: a file that
+   is not a DICOM image (a DICOMDIR, a text file, a truncated file) is listed under
+   ``unreadable`` with its path and reason, a second file with a SOPInstanceUID already
+   seen is counted as a ``duplicate`` (same bytes) or listed as ``duplicate_sop_conflict``
+   (other bytes; the first in path order is kept), and a SOPInstanceUID or SOPClassUID
+   present only in the file meta is copied into the data set and listed under ``repaired``;
 2. the images are grouped into stacks with :func:`ctfleet.intake.series.group_series`;
 3. each stack goes through :func:`ctfleet.intake.pixels.check_series`; a rejected
-   stack writes nothing and is listed with its reason code;
+   stack writes nothing and is listed with its reason code; so is a stack without a
+   Study or Series Instance UID (``no_study_uid``): its replacement UIDs and folder name
+   would derive from nothing;
 4. each accepted stack is de-identified slice by slice
    (:func:`ctfleet.intake.deid.deidentify`) and written as
    ``OUTPUT/<series pseudonym>/<index>.dcm``, index ``0000``.. along the slice normal.
@@ -15,13 +21,13 @@ The work behind the command (the argument parsing lives in :mod:`ctfleet.cli.mai
 The series pseudonym is the one ingest uses for S3 keys: the first 16 hex
 characters of HMAC-SHA256(secret, SeriesInstanceUID) (:func:`ctfleet.contracts.study_key`);
 a SeriesInstanceUID split into several stacks (a scout stored with the axial
-slices) gets ``-2``, ``-3`` ... on its later stacks. A stack without a
-SeriesInstanceUID is named ``series-<n>`` by its position in the run.
+slices) gets ``-2``, ``-3`` ... on its later stacks.
 
 Everything is written into a temporary sibling folder which is renamed to
 OUTPUT only at the end, so a failure (or nothing accepted) leaves no partial
-output. Nothing the command returns or raises carries a header value or an
-input path: only pseudonyms, counts and reason codes.
+output. Nothing the command returns or raises carries a header value: pseudonyms,
+counts, reason codes, and the paths (relative to INPUT) of the files it could not use,
+which stay on the machine that ran it, as its input does.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ import os
 import shutil
 import sys
 import tempfile
+import hashlib
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +52,8 @@ from ctfleet.intake.deid import deidentify
 from ctfleet.local.secrets import local_secret
 from ctfleet.settings import Settings
 from ctfleet.intake.pixels import check_series
-from ctfleet.intake.reading import read_dataset
+from ctfleet.intake.headers import text_value
+from ctfleet.intake.reading import read_dataset, repair_from_meta
 from ctfleet.intake.series import group_series
 from ctfleet.intake.writing import dataset_to_bytes
 
@@ -129,9 +138,12 @@ def run(input_dir: Path, output_dir: Path, facility: str, secret: bytes) -> dict
     _check_output(output_dir)
     if not input_dir.is_dir():
         raise BadInput(Reason.NO_INPUT, "INPUT is not a folder")
-    datasets, skipped = _read_all(input_dir)
+    read = _read_all(input_dir)
+    datasets, skipped = read.datasets, read.skipped
     plan, accepted, rejected = _plan(datasets, secret, facility)
-    result = {"accepted": accepted, "rejected": rejected, "skipped": dict(sorted(skipped.items()))}
+    result = {"accepted": accepted, "rejected": rejected, "skipped": dict(sorted(skipped.items())),
+              "unreadable": {"count": len(read.unreadable), "files": read.unreadable},
+              "repaired": read.repaired, "duplicates": read.duplicates}
     if not plan:
         if rejected:
             reason = Counter(r["reason"] for r in rejected).most_common(1)[0][0]
@@ -143,19 +155,51 @@ def run(input_dir: Path, output_dir: Path, facility: str, secret: bytes) -> dict
     return result
 
 
-def _read_all(input_dir: Path) -> tuple[list[Dataset], Counter[str]]:
-    """Every DICOM image under ``input_dir``, and how many files were skipped for which reason."""
-    datasets: list[Dataset] = []
-    skipped: Counter[str] = Counter()
-    for i, path in enumerate(_input_files(input_dir)):
+@dataclass
+class _Read:
+    """Every file under INPUT, accounted for."""
+
+    datasets: list[Dataset] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> files not used
+    unreadable: list[dict[str, str]] = field(default_factory=list)  # {file, reason}, in path order
+    repaired: list[dict[str, Any]] = field(default_factory=list)  # {file, repaired: [keywords]}
+    duplicates: int = 0  # byte-identical copies of an instance already read
+
+
+def _read_all(input_dir: Path) -> _Read:
+    """Every DICOM image under ``input_dir``, and every file not used with its reason."""
+    out = _Read()
+    seen: dict[str, str] = {}  # SOPInstanceUID -> sha256 of the first file carrying it
+    for path in _input_files(input_dir):
+        name = path.relative_to(input_dir).as_posix()
         try:
-            # Paths may carry PHI (a folder per patient): errors name an index only.
-            datasets.append(read_dataset(path.read_bytes(), name=f"file {i}"))
+            data = path.read_bytes()
+            # Error messages name no path (they may reach logs); the listing below does.
+            ds = read_dataset(data)
+            repaired = repair_from_meta(ds)
         except BadInput as exc:
-            skipped[exc.reason] += 1
+            out.skipped[exc.reason] += 1
+            out.unreadable.append({"file": name, "reason": exc.reason})
+            continue
         except OSError:
-            skipped[Reason.UNREADABLE] += 1
-    return datasets, skipped
+            out.skipped[Reason.UNREADABLE] += 1
+            out.unreadable.append({"file": name, "reason": Reason.UNREADABLE})
+            continue
+        if repaired:
+            out.repaired.append({"file": name, "repaired": list(repaired)})
+        sop, digest = text_value(ds, "SOPInstanceUID"), hashlib.sha256(data).hexdigest()
+        if sop and sop in seen:
+            if seen[sop] == digest:
+                out.duplicates += 1
+            else:
+                out.skipped[Reason.DUPLICATE_SOP_CONFLICT] += 1
+                out.unreadable.append({"file": name, "reason": Reason.DUPLICATE_SOP_CONFLICT})
+            continue
+        if sop:
+            seen[sop] = digest
+        out.datasets.append(ds)
+    out.unreadable.sort(key=lambda f: f["file"])
+    return out
 
 
 def _plan(datasets: list[Dataset], secret: bytes, facility: str) -> tuple[_Plan, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -165,10 +209,10 @@ def _plan(datasets: list[Dataset], secret: bytes, facility: str) -> tuple[_Plan,
     plan: _Plan = []
     used: Counter[str] = Counter()
     for n, series in enumerate(group_series(datasets)):
-        if series.series_instance_uid:
-            base = series_pseudonym(secret, facility, series.series_instance_uid)
-        else:
-            base = f"series-{n}"
+        if not series.series_instance_uid or not series.study_instance_uid:
+            rejected.append({"series": f"series-{n}", "files": series.n_slices, "reason": Reason.NO_STUDY_UID})
+            continue
+        base = series_pseudonym(secret, facility, series.series_instance_uid)
         used[base] += 1
         name = base if used[base] == 1 else f"{base}-{used[base]}"
         try:

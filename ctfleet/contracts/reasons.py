@@ -75,6 +75,7 @@ class Reason:
     NO_GEOMETRY = "no_geometry"  # a candidate stack passed over: a slice lacks position, orientation or spacing
     # Archives (ctfleet backfill, ctfleet deid).
     BAD_ARCHIVE = "bad_archive"  # a zip file, or a member of one, that cannot be read
+    NO_SOP_UID = "no_sop_uid"  # an image without SOPInstanceUID or SOPClassUID, in the data set and the file meta
     NO_STUDY_UID = "no_study_uid"  # an image without StudyInstanceUID: it cannot be placed in a study
     DUPLICATE_SOP_CONFLICT = "duplicate_sop_conflict"  # a second file with a SOPInstanceUID seen, other content
     UPLOAD_FAILED = "upload_failed"  # the API or S3 kept failing for one study: retried, then given up

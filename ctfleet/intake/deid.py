@@ -51,7 +51,9 @@ code           what ctfleet does
 
 Exceptions on top of the table: top-level PatientName and PatientID (``Z``,
 ``Z/D``) get the facility-scoped :func:`patient_pseudonym` (a dummy consistent
-per patient, so longitudinal studies link up inside the facility only);
+per patient, so longitudinal studies link up inside the facility only), the name
+as ``<pseudonym>^ANON`` (family and given name: validators read a PN without a
+component delimiter as the retired free-text form);
 nested PatientName/PatientID (someone else's, e.g. a referenced patient) are
 removed.
 
@@ -475,6 +477,9 @@ def _patient_key(ds: Dataset) -> str:
     return pid or "study:" + study
 
 
+PSEUDONYM_GIVEN_NAME = "ANON"
+
+
 def deidentify(ds: Dataset, secret: bytes, *, facility: str) -> Dataset:
     """Return a de-identified copy of one data set (the input is not modified).
 
@@ -519,8 +524,11 @@ def deidentify(ds: Dataset, secret: bytes, *, facility: str) -> Dataset:
     ctx = _Context(secret, facility, patient_pseudonym(secret, facility, key), date_offset_days(secret, facility, key))
 
     _walk(out, ctx)
+    if "FrameOfReferenceUID" in out and not str(out.FrameOfReferenceUID or "").strip():
+        # Type 1, empty at the source: one UID per series, as a frame of reference would be.
+        out.FrameOfReferenceUID = ctx.uid(f"frame-of-reference-of:{ds.get('SeriesInstanceUID', '')}")
 
-    out.PatientName = ctx.pseudonym
+    out.PatientName = f"{ctx.pseudonym}^{PSEUDONYM_GIVEN_NAME}"
     out.PatientID = ctx.pseudonym
     out.PatientIdentityRemoved = "YES"
     out.DeidentificationMethod = METHOD

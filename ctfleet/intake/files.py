@@ -56,16 +56,18 @@ def load_study(path: Path) -> LoadedStudy:
     if not path.is_dir():
         raise BadInput(Reason.NO_INPUT, f"{path} is neither a folder of DICOM files nor a .nii/.nii.gz file")
     from ctfleet.intake.choice import choose_series
-    from ctfleet.intake.reading import read_dataset
+    from ctfleet.intake.reading import read_dataset, repair_from_meta
     from ctfleet.intake.series import group_series
     from ctfleet.intake.volume import volume_from_series
 
     datasets = []
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         try:
-            datasets.append(read_dataset(file.read_bytes(), name=file.name))
+            ds = read_dataset(file.read_bytes(), name=file.name)
+            repair_from_meta(ds)
         except BadInput:
-            continue  # DICOMDIR, notes, thumbnails: not images of the study
+            continue  # DICOMDIR, notes, thumbnails, instances nothing names: not images of the study
+        datasets.append(ds)
     if not datasets:
         raise BadInput(Reason.NOT_DICOM, f"no readable DICOM image under {path}")
     series = choose_series(group_series(datasets))

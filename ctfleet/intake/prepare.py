@@ -17,7 +17,7 @@ from ctfleet.errors import BadInput
 from ctfleet.intake import pixels
 from ctfleet.intake.choice import choose
 from ctfleet.intake.deid import deidentify
-from ctfleet.intake.reading import read_dataset
+from ctfleet.intake.reading import read_dataset, repair_from_meta
 from ctfleet.intake.series import group_series
 from ctfleet.intake.writing import dataset_to_bytes
 
@@ -57,15 +57,21 @@ def prepare_study(blobs: list[bytes], *, secret: bytes, facility: str) -> Prepar
     skipped: Counter[str] = Counter()
     for i, blob in enumerate(blobs):  # file names may carry PHI: errors name an index
         try:
-            datasets.append(read_dataset(blob, name=f"file {i}"))
+            ds = read_dataset(blob, name=f"file {i}")
+            repair_from_meta(ds)  # SOP UIDs only in the file meta: the data set gets them too
         except BadInput as exc:
             skipped[exc.reason] += 1  # e.g. a DICOMDIR or a stray text file beside the images
+            continue
+        datasets.append(ds)
     if not datasets:
         reason = skipped.most_common(1)[0][0] if skipped else Reason.NOT_DICOM
         raise BadInput(reason, f"none of the {len(blobs)} files is a usable DICOM image")
     found = group_series(datasets)
     choice = choose(found)
     chosen = choice.series
+    if not chosen.study_instance_uid or not chosen.series_instance_uid:
+        # Its study key, series folder and replacement UIDs would all derive from nothing.
+        raise BadInput(Reason.NO_STUDY_UID, "the series has no StudyInstanceUID or SeriesInstanceUID")
     # Pixels that may show identity (burned-in text, screenshots) never get past ingest.
     pixels.check_series(list(chosen.datasets))
     t_read = time.perf_counter()

@@ -22,7 +22,7 @@ from pydicom.uid import UID, RLELossless
 
 from ctfleet.contracts import Reason
 from ctfleet.errors import BadInput
-from ctfleet.intake.headers import get_value
+from ctfleet.intake.headers import get_value, text_value
 from ctfleet.intake.syntaxes import (
     J2K_FAMILY,
     JPEG_FAMILY,
@@ -93,6 +93,34 @@ def read_dataset(data: bytes, name: str = "", *, verify_pixels: bool = False) ->
     if verify_pixels and transfer_syntax_of(ds).is_encapsulated:
         decode_frame(ds, where)
     return ds
+
+
+UID_FROM_META = (("SOPInstanceUID", "MediaStorageSOPInstanceUID"), ("SOPClassUID", "MediaStorageSOPClassUID"))
+
+
+def repair_from_meta(ds: Dataset) -> tuple[str, ...]:
+    """Fill SOPInstanceUID and SOPClassUID from the file meta when the data set has them empty or
+    missing (some scanners and PACS exports write them only in the meta); the keywords repaired.
+
+    The data set and its file meta then agree, as de-identification and DICOM validators need.
+
+    Raises
+    ------
+    BadInput
+        ``no_sop_uid`` when the instance has no SOPInstanceUID or SOPClassUID in either place:
+        nothing can name it, in a de-identified copy or in a SEG's references.
+    """
+    meta = getattr(ds, "file_meta", None)
+    repaired = []
+    for keyword, meta_keyword in UID_FROM_META:
+        if text_value(ds, keyword):
+            continue
+        value = text_value(meta, meta_keyword) if meta is not None else ""
+        if not (value and re.fullmatch(r"[0-9]+(\.[0-9]+)*", value) and len(value) <= 64):
+            raise BadInput(Reason.NO_SOP_UID, f"the instance has no {keyword}, in the data set or the file meta")
+        setattr(ds, keyword, UID(value))
+        repaired.append(keyword)
+    return tuple(repaired)
 
 
 def _parse(data: bytes, where: str) -> Dataset:

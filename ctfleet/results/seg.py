@@ -25,6 +25,7 @@ Intelligence", name ``ctfleet``, version = the model version). Only frames
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 from collections.abc import Sequence
@@ -91,6 +92,29 @@ def _checked(labels: np.ndarray, source_datasets: Sequence[pydicom.Dataset]) -> 
     return labels.astype(np.uint8, copy=False), sources
 
 
+def _valid_source(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """The source, or a copy the SEG can copy from without inheriting its faults: no
+    SpacingBetweenSlices that is not a positive number (some scanners write it signed, along
+    their table direction), and a FrameOfReferenceUID (Type 1) derived from the series UID
+    when the source's is empty."""
+    spacing_ok = True
+    if "SpacingBetweenSlices" in ds:
+        try:
+            spacing = float(ds.SpacingBetweenSlices)
+        except (TypeError, ValueError):
+            spacing = float("nan")
+        spacing_ok = bool(np.isfinite(spacing) and spacing > 0)
+    frame_ok = bool(str(ds.get("FrameOfReferenceUID") or "").strip())
+    if spacing_ok and frame_ok:
+        return ds
+    clean = copy.deepcopy(ds)
+    if not spacing_ok:
+        del clean.SpacingBetweenSlices
+    if not frame_ok:
+        clean.FrameOfReferenceUID = _uid_from("ctfleet-frame-of-reference", str(ds.SeriesInstanceUID))
+    return clean
+
+
 def _descriptions(model_version: str) -> list[hd.seg.SegmentDescription]:
     """One description per entry of :data:`SEGMENTS`, segment number = label value."""
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -142,6 +166,7 @@ def make_seg(labels: np.ndarray, source_datasets: Sequence[pydicom.Dataset], *, 
         values above 3, or sources from different series or frames of reference.
     """
     labels, sources = _checked(labels, source_datasets)
+    sources = [_valid_source(ds) for ds in sources]
     # Segment number == label value, always all three: readers that combine
     # segments get the ctfleet labels back, whatever a study happens to contain.
     # (frames, rows, cols, segments) bool: one channel per segment.

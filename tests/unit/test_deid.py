@@ -152,7 +152,8 @@ def test_markers_of_the_profile_and_option() -> None:
     assert codes == [("113100", "DCM"), ("113107", "DCM")]
     assert out.LongitudinalTemporalInformationModified == "MODIFIED"
     pid = _originals()[0].PatientID
-    assert str(out.PatientName) == out.PatientID == patient_pseudonym(SECRET, FACILITY, pid)
+    assert out.PatientID == patient_pseudonym(SECRET, FACILITY, pid)
+    assert str(out.PatientName) == f"{out.PatientID}^ANON" and out.PatientName.family_name == out.PatientID
 
 
 def test_analysis_attributes_and_pixels_are_kept() -> None:

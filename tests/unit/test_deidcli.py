@@ -190,3 +190,63 @@ def test_two_facilities_with_the_same_secret_get_different_uids(tmp_path: Path) 
     da, db = first(tmp_path / "a"), first(tmp_path / "b")
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
         assert da[keyword].value != db[keyword].value, keyword
+
+
+def _clean_series(n: int = 6, **kw) -> list:
+    hu = chest_phantom((n, 64, 64), (5.0, 5.0, 5.0), seed=3).hu
+    return series_to_datasets(hu, (5.0, 5.0, 5.0), patient_name="Doe^Jane", patient_id="MRN1", **kw)
+
+
+def test_truncated_files_beside_a_good_series_are_listed_and_the_series_written(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    blobs = [dataset_to_bytes(ds) for ds in _clean_series()]
+    for i, blob in enumerate(blobs):
+        (src / f"IM{i}.dcm").write_bytes(blob)
+    (src / "cut").mkdir()
+    (src / "cut" / "IM9.dcm").write_bytes(blobs[0][: len(blobs[0]) // 2])
+    (src / "cut" / "meta-only.dcm").write_bytes(blobs[1][:300])
+    conflict = bytearray(blobs[2])
+    conflict[-1] ^= 0xFF
+    (src / "zz-copy.dcm").write_bytes(bytes(conflict))
+    (src / "zz-same.dcm").write_bytes(blobs[3])
+    result = run(src, tmp_path / "out", FACILITY, SECRET)
+    assert [a["files"] for a in result["accepted"]] == [6]
+    assert result["unreadable"] == {"count": 3, "files": [
+        {"file": "cut/IM9.dcm", "reason": Reason.NOT_DICOM}, {"file": "cut/meta-only.dcm", "reason": Reason.NOT_DICOM},
+        {"file": "zz-copy.dcm", "reason": Reason.DUPLICATE_SOP_CONFLICT}]}
+    assert result["duplicates"] == 1 and result["skipped"] == {"duplicate_sop_conflict": 1, "not_dicom": 2}
+
+
+def test_sop_uids_only_in_the_file_meta_are_repaired_consistently(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, ds in enumerate(_clean_series()):
+        if i % 2 == 0:
+            ds.SOPInstanceUID = ""  # only the file meta names the instance (and, for one, the class)
+        if i == 2:
+            del ds.SOPClassUID
+        (src / f"IM{i}.dcm").write_bytes(dataset_to_bytes(ds))
+    result = run(src, tmp_path / "out", FACILITY, SECRET)
+    assert [r["file"] for r in result["repaired"]] == ["IM0.dcm", "IM2.dcm", "IM4.dcm"]
+    assert result["repaired"][1]["repaired"] == ["SOPInstanceUID", "SOPClassUID"]
+    outputs = [read_dataset(p.read_bytes()) for p in sorted((tmp_path / "out").rglob("*.dcm"))]
+    assert len(outputs) == 6
+    for ds in outputs:
+        assert ds.SOPInstanceUID and ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
+        assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    assert len({ds.SOPInstanceUID for ds in outputs}) == 6
+
+
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID"])
+def test_a_series_without_study_or_series_uid_is_rejected_never_written_with_empty_uids(tmp_path, keyword):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, ds in enumerate(_clean_series()):
+        setattr(ds, keyword, "")
+        (src / f"IM{i}.dcm").write_bytes(dataset_to_bytes(ds))
+    with pytest.raises(deidcli.NothingAccepted) as caught:
+        run(src, tmp_path / "out", FACILITY, SECRET)
+    assert caught.value.reason == Reason.NO_STUDY_UID
+    assert caught.value.result["rejected"] == [{"series": "series-0", "files": 6, "reason": Reason.NO_STUDY_UID}]
+    assert not (tmp_path / "out").exists()
