@@ -55,7 +55,7 @@ bench: setup
 # The backfill acceptance run at full size: 200 generated studies through the local stack,
 # killed with SIGKILL midway and resumed (make test runs the same test on 24 studies).
 soak-backfill: setup
-	CTFLEET_BACKFILL_STUDIES=200 $(BIN)/python -m pytest tests/integration/test_backfill.py $(PYTEST_ARGS)
+	CTFLEET_BACKFILL_STUDIES=200 $(BIN)/python -m pytest tests/integration/test_backfill.py --timeout 3600 $(PYTEST_ARGS)
 
 # Synthetic lesions of known size inserted into the real CT and phantoms; writes docs/validation.md.
 validate: setup

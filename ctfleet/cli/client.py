@@ -98,8 +98,9 @@ class ApiClient:
     def get_study(self, study_key: str) -> dict[str, Any]:
         return self._request("GET", f"/studies/{study_key}")
 
-    def list_studies(self) -> dict[str, Any]:
-        return self._request("GET", "/studies")
+    def list_studies(self, facility: str | None = None) -> dict[str, Any]:
+        """The worklist; naming a ``facility`` other than the token's is refused (403 facility_mismatch)."""
+        return self._request("GET", "/studies", params={"facility": facility} if facility else None)
 
     def get_cost(self, month: str, by: str) -> dict[str, Any]:
         return self._request("GET", "/cost", params={"month": month, "by": by})

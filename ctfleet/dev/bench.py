@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     parser.add_argument("--no-fleet", action="store_true", help="skip the fleet's figures (local stack, ~8 min)")
+    parser.add_argument("--no-backfill", action="store_true", help="skip the backfill's figures (local stack, ~5 min)")
     args = parser.parse_args(argv)
     import torch
 
@@ -186,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         from ctfleet.dev import fleet_bench
 
         text += "\n\n## The fleet\n\n" + (fleet_bench.__doc__ or "").split("\n\n", 1)[1] + "\n" + fleet_bench.main()
+    if not args.no_backfill:
+        from ctfleet.dev import backfill_bench
+
+        text += ("\n\n## The backfill\n\n" + (backfill_bench.__doc__ or "").split("\n\n", 1)[1] + "\n"
+                 + backfill_bench.main())
     print(header + text, file=sys.stderr)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

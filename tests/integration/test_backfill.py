@@ -112,6 +112,14 @@ def test_every_study_is_processed_once(stack, runs):
     assert len(studies) == STUDIES and {s["status"] for s in studies} == {"DONE"}
     assert all(s["attempts"] == 1 for s in studies)
     assert all(s["triage_level"] in ("LOW", "MEDIUM", "HIGH") for s in studies), "IT sees the triage level"
+    env = {**os.environ, "CTFLEET_TOKEN": stack.token("north", "it")}
+    listed = subprocess.run([sys.executable, "-m", "ctfleet", "status", "--format", "json", "--api",
+                             stack.api_url + "/api"], capture_output=True, text=True, env=env)
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)["studies"]) == STUDIES
+    key = studies[0]["study_key"]
+    one = subprocess.run([sys.executable, "-m", "ctfleet", "status", key, "--api", stack.api_url + "/api"],
+                         capture_output=True, text=True, env=env)
+    assert one.returncode == 0 and key in one.stdout and "DONE" in one.stdout and "triage_level" in one.stdout
 
 
 def test_a_third_run_sends_nothing(runs):
@@ -161,6 +169,9 @@ def test_backfill_needs_the_it_role_and_refuses_a_folder_that_is_not_one(stack, 
     missing = backfill(stack, tmp_path, str(tmp_path / "nope"))
     out, err = missing.communicate(timeout=60)
     assert missing.returncode == 2 and "no_input" in err
+    elsewhere = backfill(stack, tmp_path, str(tmp_path), "--facility", "south")
+    out, err = elsewhere.communicate(timeout=120)
+    assert elsewhere.returncode == 2 and "facility_mismatch" in err
 
 
 def test_finance_reads_the_backfill_s_cost_through_the_api_and_an_operator_from_the_tables(stack, runs, tmp_path):

@@ -37,7 +37,7 @@ def add_arguments(sub: Any) -> None:
     p = sub.add_parser("backfill", help="push an archive of studies (folders, zips, DICOMDIR) as backfill")
     p.add_argument("dir", type=Path, help="the archive: a folder, searched recursively ('status DIR' refreshes)")
     p.add_argument("status_dir", type=Path, nargs="?", help=argparse.SUPPRESS)
-    p.add_argument("--facility", default=None, help="the facility (must be your token's)")
+    p.add_argument("--facility", default=None, help="the facility; checked against your token's, which decides")
     p.add_argument("--jobs", type=int, default=4, help="studies sent at once (default 4)")
     p.add_argument("--max-mbps", type=float, default=None, help="bandwidth cap in megabits per second")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
@@ -90,16 +90,22 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     if args.jobs < 1:
         raise BadInput(Reason.BAD_REQUEST, "--jobs must be at least 1")
     client = client_from(args, settings)
-    client.list_studies()  # a token that may not follow uploads (finance, expired) stops here, before the scan
+    # A token that may not follow uploads (finance, expired), or of another facility than --facility,
+    # stops here, before the scan.
+    client.list_studies(args.facility)
     throttle = Throttle(args.max_mbps) if args.max_mbps else None
     started = time.monotonic()
     journal = _journal(args, settings, root, new_run=True)
     try:
         scan(journal, root, progress=not args.no_progress)
+        scanned = time.monotonic()
         outcomes = send_all(journal, client, root, jobs=args.jobs, throttle=throttle, progress=not args.no_progress)
+        sent = time.monotonic()
         if args.wait > 0:
             wait_for_ingest(journal, client, args.wait)
         summary = summarize(journal, outcomes, time.monotonic() - started)
+        summary.update(scan_seconds=round(scanned - started, 3), send_seconds=round(sent - scanned, 3),
+                       sent_bytes=sum(o.sent_bytes for o in outcomes))
         path = write_manifest(journal)
     finally:
         journal.close()
