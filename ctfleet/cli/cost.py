@@ -88,6 +88,7 @@ def plot(day_figures: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = day_figures["rows"]
     days = [r["day"][5:] for r in rows]
@@ -100,10 +101,14 @@ def plot(day_figures: dict[str, Any], path: Path) -> None:
     counts = ax.twinx()
     counts.plot(days, [r["studies"] for r in rows], color="#e6550d", marker="o", label="studies")
     counts.set_ylabel("studies")
-    counts.set_ylim(bottom=0)
+    counts.set_ylim(bottom=0, top=max([r["studies"] for r in rows], default=1) * 1.15)
+    counts.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(top=max([float(r["loaded_usd"]) for r in rows], default=1.0) * 1.15 or 1.0)
     handles = ax.get_legend_handles_labels()[0] + counts.get_legend_handles_labels()[0]
-    ax.legend(handles, [str(h.get_label()) for h in handles], loc="upper left", frameon=False)
-    ax.set_title(f"GPU cost per day, {day_figures['month']}: {day_figures['total_loaded_usd']} USD")
-    fig.tight_layout()
+    fig.legend(handles, [str(h.get_label()) for h in handles], loc="lower center", ncol=3, frameon=False)
+    total = float(day_figures["total_loaded_usd"])
+    ax.set_title(f"GPU cost per day, {day_figures['month']}: {total:,.4f} USD fully loaded, "
+                 f"{sum(r['studies'] for r in rows)} studies")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path)
     plt.close(fig)
