@@ -26,7 +26,7 @@ from ctfleet.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-STUDIES = int(os.environ.get("CTFLEET_BACKFILL_STUDIES", "24"))
+STUDIES = int(os.environ.get("CTFLEET_BACKFILL_STUDIES", "16"))
 
 
 @pytest.fixture(scope="module")

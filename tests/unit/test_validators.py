@@ -96,3 +96,15 @@ def test_deid_of_the_real_ct_introduces_no_error(real_ct_dir, tmp_path):
     for path in outputs:
         found = errors(path)
         assert not {e for e in found if "UID" in e} and found <= before, found - before
+
+
+def test_analyze_seg_of_the_messy_series_as_scanned_exits_0_with_a_valid_seg(tmp_path):
+    import json
+    import sys
+
+    messy_series(tmp_path / "in", n=16)
+    run_ = subprocess.run([sys.executable, "-m", "ctfleet", "analyze", str(tmp_path / "in"), "--out",
+                           str(tmp_path / "out"), "--seg"], capture_output=True, text=True, timeout=300)
+    assert run_.returncode == 0, run_.stderr[-2000:]
+    assert json.loads(run_.stdout.strip().splitlines()[-1])["triage_level"]
+    assert errors(tmp_path / "out" / "seg.dcm") == set()
