@@ -27,6 +27,8 @@ from ctfleet.settings import Settings
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STUDIES = int(os.environ.get("CTFLEET_BACKFILL_STUDIES", "16"))
+# The local stack's moto serves every request in one process: 200 studies take it about 20 minutes.
+BUDGET_S = 300 + 10 * STUDIES
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def backfill(stack: LocalStack, home: Path, *args: str, token: str | None = None
                             **popen)
 
 
-def finish(proc: subprocess.Popen[str], timeout_s: float = 900) -> dict:
+def finish(proc: subprocess.Popen[str], timeout_s: float = BUDGET_S) -> dict:
     out, err = proc.communicate(timeout=timeout_s)
     assert proc.returncode == 0, err[-3000:]
     return json.loads(out.strip().splitlines()[-1]) | {"_stderr": err}
@@ -81,7 +83,7 @@ def runs(stack, archive, tmp_path_factory):
     first.send_signal(signal.SIGKILL)
     first.wait()
     killed_with = completed_in(journal_of(home))
-    second = finish(backfill(stack, home, str(archive.root), "--jobs", "3", "--wait", "300"))
+    second = finish(backfill(stack, home, str(archive.root), "--jobs", "3", "--wait", str(BUDGET_S)))
     third = finish(backfill(stack, home, str(archive.root)))
     return {"home": home, "killed_with": killed_with, "second": second, "third": third}
 
@@ -103,7 +105,7 @@ def test_a_killed_backfill_resumes_and_sends_every_study_once(stack, archive, ru
 
 def test_every_study_is_processed_once(stack, runs):
     client = ApiClient(stack.api_url + "/api", token=stack.token("north", "it"))
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + BUDGET_S
     while time.monotonic() < deadline:
         studies = client.list_studies()["studies"]
         if len(studies) == STUDIES and all(s["status"] in ("DONE", "REJECTED", "FAILED") for s in studies):
