@@ -53,7 +53,7 @@ bench: setup
 	$(BIN)/python -m ctfleet.dev.bench --out docs/benchmarks.md
 
 # The backfill acceptance run at full size: 200 generated studies through the local stack,
-# killed with SIGKILL midway and resumed (make test runs the same test on 16 studies).
+# killed with SIGKILL midway and resumed (make test runs the same test on 10 studies).
 soak-backfill: setup
 	CTFLEET_BACKFILL_STUDIES=200 $(BIN)/python -m pytest tests/integration/test_backfill.py --timeout 3600 $(PYTEST_ARGS)
 

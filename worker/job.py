@@ -193,8 +193,8 @@ class JobRunner:
     def hand_back(self, job: JobMessage, held_s: float = 0.0) -> None:
         """An interruption: give the lease up so the next delivery starts at once; not a failure.
         ``held_s``, this instance's time on the job, is charged to the study as interrupted work."""
-        usd = Decimal(f"{held_s / 3600.0 * self.price().usd_per_hour:.9f}")
-        self.studies.release(job, self.instance.instance_id, held_s=held_s, held_usd=usd)
+        nano_usd = round(held_s / 3600.0 * self.price().usd_per_hour * 1e9)
+        self.studies.release(job, self.instance.instance_id, held_s=held_s, held_nano_usd=nano_usd)
 
     def fail(self, job: JobMessage) -> JobOutcome | None:
         """Count a failed attempt; on the last one record FAILED (the outcome), else None (SQS redelivers)."""

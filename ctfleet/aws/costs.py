@@ -7,7 +7,7 @@ For one month (UTC):
 - a study's **direct** cost is what its worker recorded when it finished it: the instance's
   seconds on the study (read, model, write) at that price (``cost_usd``);
 - its **interrupted** cost is the work other instances did on it before a spot reclaim or a
-  stop handed it back (``interrupted_usd``, recorded by the hand-back): it is charged to the
+  stop handed it back (``interrupted_nano_usd``, recorded by the hand-back): it is charged to the
   study it was for;
 - the rest of the total (boot, idle, work interrupted on studies that have not finished yet,
   and the overlap of a worker's stages, which makes direct seconds add up to more than busy
@@ -98,16 +98,21 @@ class CostReport:
     def to_json(self, by: str, *, facility: str | None = None) -> dict[str, Any]:
         rows = self.rows(by, facility=facility)
         out: dict[str, Any] = {"month": self.month, "by": by, "rows": rows,
-                               "total_loaded_usd": str(sum((Decimal(r["loaded_usd"]) for r in rows), Decimal(0)))}
+                               "total_loaded_usd": _money(sum((Decimal(r["loaded_usd"]) for r in rows), Decimal(0)))}
         if facility is None:  # the fleet's figures span every facility: for operators only
-            out.update(fleet_usd=str(self.fleet_usd), instances=self.instances,
-                       unallocated_usd=str(self.unallocated_usd))
+            out.update(fleet_usd=_money(self.fleet_usd), instances=self.instances,
+                       unallocated_usd=_money(self.unallocated_usd))
         return out
+
+
+def _money(value: Decimal) -> str:
+    """Fixed-point to the nano-dollar, never exponent form ("0.000000005", not "5E-9")."""
+    return f"{value.quantize(NANO, ROUND_HALF_EVEN):f}"
 
 
 def _row(keys: dict[str, Any], studies: list[StudyCost]) -> dict[str, Any]:
     def total(name: str) -> str:
-        return str(sum((getattr(s, name) for s in studies), Decimal(0)))
+        return _money(sum((getattr(s, name) for s in studies), Decimal(0)))
 
     return {**keys, "studies": len(studies), "gpu_seconds": round(sum(s.gpu_seconds for s in studies), 3),
             "direct_usd": total("direct_usd"), "interrupted_usd": total("interrupted_usd"),
@@ -126,7 +131,7 @@ def allocate(month: str, entries: Iterable[dict[str, Any]], studies: Iterable[di
         report.unallocated_usd = fleet
         return report
     direct = [_usd(s.get("cost_usd")) for s in done]
-    interrupted = [_usd(s.get("interrupted_usd")) for s in done]
+    interrupted = [(Decimal(int(s.get("interrupted_nano_usd") or 0)) * NANO).quantize(NANO) for s in done]
     overhead = fleet - sum(direct, Decimal(0)) - sum(interrupted, Decimal(0))
     weights = direct if sum(direct, Decimal(0)) > 0 else [Decimal(1)] * len(done)
     weight_total = sum(weights, Decimal(0))

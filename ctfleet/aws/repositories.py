@@ -227,14 +227,16 @@ class Studies(Repository):
         """Extend the holder's lease (with each heartbeat); False if ``instance`` no longer holds it."""
         return self._as_holder(job, instance, {"lease_until": now() + lease_s})
 
-    def release(self, job: JobMessage, instance: str, *, held_s: float = 0.0, held_usd: Decimal = Decimal(0)) -> bool:
+    def release(self, job: JobMessage, instance: str, *, held_s: float = 0.0, held_nano_usd: int = 0) -> bool:
         """Give the lease up at once (a hand-back): the next delivery may claim it without waiting.
 
-        The instance's time on the job so far (``held_s``, costing ``held_usd``) is added to the
-        study's ``interrupted_s`` / ``interrupted_usd``: finance charges interrupted work to the
-        study it was for, on top of the attempt that finished it."""
+        The instance's time on the job so far (``held_s``, costing ``held_nano_usd`` billionths of a
+        dollar, an integer so that ADD never meets a number in exponent form) is added to the study's
+        ``interrupted_s`` / ``interrupted_nano_usd``: finance charges interrupted work to the study it
+        was for, on top of the attempt that finished it."""
         return self._as_holder(job, instance, {"lease_until": 0},
-                               add={"interrupted_s": Decimal(f"{held_s:.3f}"), "interrupted_usd": held_usd})
+                               add={"interrupted_s": Decimal(f"{max(held_s, 0.0):.3f}"),
+                                    "interrupted_nano_usd": int(held_nano_usd)})
 
     def record_failure(self, job: JobMessage, instance: str) -> int:
         """One failed attempt more, and the lease given up; the study's failures so far (0: not the holder)."""

@@ -26,7 +26,7 @@ from ctfleet.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-STUDIES = int(os.environ.get("CTFLEET_BACKFILL_STUDIES", "16"))
+STUDIES = int(os.environ.get("CTFLEET_BACKFILL_STUDIES", "10"))
 # The local stack's moto serves every request in one process: 200 studies take it about 20 minutes.
 BUDGET_S = 300 + 10 * STUDIES
 

@@ -50,7 +50,7 @@ def test_spot_notice_hands_the_job_back_and_another_instance_finishes_it(res_sta
     assert record["status"] == "DONE" and record["attempts"] == 2
     assert record["worker_instance"] != "" and record["triage_level"] == "HIGH"
     # The reclaimed instance's time on the study is charged to it, for finance's fully loaded cost.
-    assert record["interrupted_s"] > 0 and record["interrupted_usd"] >= 0
+    assert record["interrupted_s"] > 0 and record["interrupted_nano_usd"] >= 0
     assert alerts_for(res_stack, key, seconds=6.0) == 1
 
 

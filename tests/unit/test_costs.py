@@ -35,7 +35,7 @@ STUDIES = [
     study("a2", "north", 0, 150.0, 0.526),
     study("a3", "south", 1, 150.0, 0.526),
     # Handed back by the reclaimed spot instance after 120 s, finished on the on-demand one.
-    study("a4", "south", 2, 150.0, 0.526, interrupted_s=120.0, interrupted_usd=Decimal(f"{120 / 3600 * 0.2:.9f}")),
+    study("a4", "south", 2, 150.0, 0.526, interrupted_s=120.0, interrupted_nano_usd=round(120 / 3600 * 0.2 * 1e9)),
     study("b1", "north", 2, 100.0, 0.2),
     {**study("x1", "north", 3, 10.0, 0.526), "status": "FAILED"},  # not finished: carries nothing
     {**study("x2", "north", 0, 10.0, 0.526), "done_at": DEC_1 - 10},  # November's
