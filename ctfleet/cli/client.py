@@ -132,3 +132,11 @@ class ApiClient:
                 break
             time.sleep(poll_s)
         return {"upload": upload, "study": study, "final": False}
+
+
+def print_columns(header: list[str] | tuple[str, ...], cells: list[list[str]]) -> None:
+    """A plain text table on stdout: the header, then one line per row, columns padded to fit."""
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))

@@ -19,6 +19,8 @@ from typing import Any
 from ctfleet.aws.costs import BY, check_month
 from ctfleet.settings import Settings
 
+from .client import print_columns
+
 COLUMNS = ("studies", "gpu_seconds", "direct_usd", "interrupted_usd", "overhead_usd", "loaded_usd")
 
 
@@ -72,10 +74,7 @@ def _keys(by: str) -> list[str]:
 def _table(out: dict[str, Any], by: str) -> None:
     header = _keys(by) + list(COLUMNS)
     cells = [[str(r.get(c, "")) for c in header] for r in out["rows"]]
-    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    print_columns(header, cells)
     tail = f"{out['month']}: {out['total_loaded_usd']} USD fully loaded"
     if "fleet_usd" in out:
         tail += f"; fleet {out['fleet_usd']} USD on {out['instances']} instance(s), unallocated {out['unallocated_usd']}"

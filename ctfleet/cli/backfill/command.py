@@ -24,7 +24,7 @@ from ctfleet.contracts import Reason, UploadStatus
 from ctfleet.errors import BadInput
 from ctfleet.settings import Settings
 
-from ..client import ApiClient
+from ..client import ApiClient, print_columns
 from .journal import Journal, State, journal_path
 from .manifest import manifest_path, refresh, write_manifest
 from .scan import classify, walk
@@ -217,10 +217,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(rows[0] if args.study_key else {"studies": rows}, sort_keys=True, default=str))
         return 0
     cells = [[_cell(r.get(c), c) for c in STATUS_COLUMNS] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(STATUS_COLUMNS)]
-    print("  ".join(c.ljust(w) for c, w in zip(STATUS_COLUMNS, widths)))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    print_columns(STATUS_COLUMNS, cells)
     return 0
 
 
