@@ -169,6 +169,15 @@ class Worker:
             return None
         if got is None:
             return None
+        if self.stop.is_set():
+            # Stopping (a termination or spot notice came during the long poll): the message goes back
+            # untouched, visible at once, before it is claimed; this machine takes no new work.
+            queue, message = got
+            try:
+                queue.set_visibility(message["ReceiptHandle"], 0)
+            except CtfleetError:  # it comes back when its visibility timeout ends
+                log.warning("could not return a message received while stopping", exc_info=True)
+            return None
         self._protect(True)
         return self._take(*got)
 

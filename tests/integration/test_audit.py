@@ -43,13 +43,18 @@ def signed(stack):
 
 
 def audit(stack, signed, wait_for: int = 0) -> list[dict]:
-    """The study's audit trail (the stream handler writes it a moment after each change)."""
+    """The study's audit trail once both sign-offs and at least ``wait_for`` events are on it.
+
+    The stream handler writes state, alert and sign-off events a moment after each change, while the
+    API records reads at once: a count alone can be reached by reads before the sign-offs land.
+    """
     deadline = time.monotonic() + 20
     while True:
         resp = call(stack, "GET", f"/studies/{signed['key']}/audit", signed["radiologist"])
         assert resp.status_code == 200, resp.text
         events = resp.json()["events"]
-        if len(events) >= wait_for or time.monotonic() > deadline:
+        signoffs = sum(e["kind"] == "signoff" for e in events)
+        if (len(events) >= wait_for and signoffs >= 2) or time.monotonic() > deadline:
             return events
         time.sleep(0.5)
 

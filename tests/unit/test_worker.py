@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import replace
 
@@ -222,3 +223,25 @@ def test_the_next_study_is_read_while_the_current_one_is_analyzed(stack, worker,
     else:
         assert b["started_at"] >= a["done_at"]
     assert visible(stack) == 0
+
+
+def test_a_job_that_arrives_while_a_stopping_worker_long_polls_goes_back_unclaimed(stack, worker, slices):
+    # The termination hook (or a spot notice) stops the worker while its long poll is in flight; the job
+    # that poll brings must not be claimed by a machine that is leaving: visible again at once, still QUEUED.
+    stopping = replace(worker, stop=threading.Event())
+    key = "c7" * 12
+
+    def terminate_then_upload() -> None:
+        time.sleep(1.0)
+        stopping.stop.set()
+        queue_job(stack, key, slices)
+
+    sender = threading.Thread(target=terminate_then_upload)
+    sender.start()
+    assert stopping._next(5) is None
+    sender.join()
+    record = stack.deps.studies.get(key)
+    assert record["status"] == Status.QUEUED and record["attempts"] == 0 and not record.get("worker_instance")
+    [message] = worker.urgent.receive(max_messages=1, wait_s=1)  # visible now, not after its 30 s timeout
+    assert json.loads(message["Body"])["study_key"] == key
+    worker.urgent.delete(message["ReceiptHandle"])
