@@ -12,7 +12,11 @@ study made from it (resampled along z, written as DICOM):
 - ingest: ``prepare_study`` (read, validate, choose, de-identify, re-encode) / read;
 - the whole ``ctfleet analyze`` command, process start-up and imports included / read_hu;
 - warm analysis inside a running process (as the worker runs it) / read_hu,
-  both ``analyze`` alone and the worker's path (volume + analyze + render).
+  both ``analyze`` alone and the worker's path (volume + analyze + render);
+- the analyzer's peak memory on its device during one warm ``analyze``: on CUDA
+  ``torch.cuda.max_memory_allocated``; on CPU the process's resident set,
+  sampled every millisecond, above what it held before the call (the input
+  volume is not counted on either).
 
 Each figure is the median of ``--repeat`` runs after one warm-up, so the OS
 page cache is warm for the baseline and the measured code alike.
@@ -79,6 +83,42 @@ def make_400_slice_study(real: Path, out: Path) -> Path:
     return out
 
 
+def peak_memory_mib(fn: Callable[[], object], device: str) -> float:
+    """Peak memory ``fn`` adds on ``device`` while it runs, in MiB (see the module's docstring)."""
+    import threading
+
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    before, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            done.wait(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return max(0, max(peak[0], rss()) - before) / 2**20
+
+
 def baseline_read(files: list[Path]) -> None:
     import pydicom
 
@@ -123,6 +163,7 @@ def bench_series(label: str, folder: Path, repeat: int, device: str) -> dict[str
     blobs = [p.read_bytes() for p in files]
     volume = volume_from_series([read_dataset(b) for b in blobs])
     t_analyze = median_time(lambda: analyze(volume, device), repeat)
+    peak_mib = peak_memory_mib(lambda: analyze(volume, device), device)
 
     def worker_path() -> None:
         vol = volume_from_series([read_dataset(b) for b in blobs])
@@ -136,21 +177,23 @@ def bench_series(label: str, folder: Path, repeat: int, device: str) -> dict[str
         "command_s": t_command, "command_x_read_hu": t_command / t_read_hu,
         "warm_analyze_s": t_analyze, "warm_analyze_x_read_hu": t_analyze / t_read_hu,
         "warm_worker_s": t_worker, "warm_worker_x_read_hu": t_worker / t_read_hu,
+        "peak_mib": peak_mib, "shape": "×".join(str(n) for n in volume.shape),
     }
 
 
 def table(rows: list[dict[str, float | str]]) -> str:
     lines = [
         "| series | slices | device | pydicom read | read → HU | ingest (× read) | `ctfleet analyze` (× read→HU) "
-        "| warm analyze (× read→HU) | warm worker path (× read→HU) |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| warm analyze (× read→HU) | warm worker path (× read→HU) | analyzer's peak memory on the device |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['series']} | {r['slices']} | {r['device']} | {r['read_s']:.2f} s | {r['read_hu_s']:.2f} s "
             f"| {r['ingest_s']:.2f} s ({r['ingest_x_read']:.1f}×) | {r['command_s']:.2f} s ({r['command_x_read_hu']:.1f}×) "
             f"| {r['warm_analyze_s']:.2f} s ({r['warm_analyze_x_read_hu']:.1f}×) "
-            f"| {r['warm_worker_s']:.2f} s ({r['warm_worker_x_read_hu']:.1f}×) |"
+            f"| {r['warm_worker_s']:.2f} s ({r['warm_worker_x_read_hu']:.1f}×) "
+            f"| {r['peak_mib']:.0f} MiB ({r['shape']}) |"
         )
     return "\n".join(lines)
 
