@@ -166,16 +166,23 @@ class Lesion:
     ``radii_mm`` the ellipsoid's semi-axes, ``hu`` its mean attenuation.
     """
 
-    kind: str  # "ggo" | "consolidation"
+    kind: str  # "ggo" | "consolidation" | "nodule" (solid, small: must not be counted as an opacity)
     center_mm: tuple[float, float, float]
     radii_mm: tuple[float, float, float]
     hu: float
     side: str = ""
+    position: str = "random"  # where it was put: random, medial (on the mediastinum), basal (on the diaphragm), lobe, diffuse
+    region: np.ndarray | None = field(default=None, repr=False, compare=False)  # bool mask: a lobe or the lungs, not an ellipsoid
 
     @property
     def volume_ml(self) -> float:
         a, b, c = self.radii_mm
         return 4.0 / 3.0 * math.pi * a * b * c / 1000.0
+
+    @property
+    def diameter_mm(self) -> float:
+        """Mean diameter; for a region, that of the sphere of the region's reference volume is used instead."""
+        return 2.0 * float(np.mean(self.radii_mm))
 
 
 def _smooth_noise(shape: tuple[int, ...], rng: np.random.Generator, passes: int = 2) -> np.ndarray:
@@ -209,20 +216,18 @@ def insert_lesions(
     truth = np.zeros(hu.shape, np.uint8)
     ids = np.zeros(hu.shape, np.int16)
     for n, les in enumerate(lesions):
-        lo = [max(0, int(math.floor((c - r - edge_mm) / s))) for c, r, s in zip(les.center_mm, les.radii_mm, spacing)]
-        hi = [min(dim, int(math.ceil((c + r + edge_mm) / s)) + 1) for c, r, s, dim in zip(les.center_mm, les.radii_mm, spacing, hu.shape)]
-        if any(h <= l for l, h in zip(lo, hi)):
+        placed = _weights(les, spacing, hu.shape, edge_mm)
+        if placed is None:
             continue
-        box = tuple(slice(l, h) for l, h in zip(lo, hi))
-        grids = np.meshgrid(*[np.arange(l, h, dtype=np.float32) * s for l, h, s in zip(lo, hi, spacing)], indexing="ij")
-        rho = np.sqrt(sum(((g - c) / r) ** 2 for g, c, r in zip(grids, les.center_mm, les.radii_mm)))
-        mean_r = float(np.mean(les.radii_mm))
-        w = np.clip((1.0 - rho) * mean_r / edge_mm + 0.5, 0.0, 1.0).astype(np.float32)
+        box, w = placed
         in_lung = lung[box]
         w *= in_lung
         sub = out[box]
         shape = sub.shape
-        if les.kind == "ggo":
+        if les.kind == "nodule":  # solid and small: painted, never part of the opacity truth
+            sub[:] = sub + w * (les.hu + 10.0 * rng.standard_normal(shape).astype(np.float32) - sub)
+            ref = (w >= 0.5) & in_lung
+        elif les.kind == "ggo":
             tex = 40.0 * _smooth_noise(shape, rng) + 15.0 * rng.standard_normal(shape).astype(np.float32)
             target = les.hu + tex
             change = sub < -200.0
@@ -237,6 +242,30 @@ def insert_lesions(
             truth[box][ref] = Label.CONSOLIDATION
         ids[box][ref] = n + 1
     return out, truth, ids
+
+
+def _weights(les: Lesion, spacing: tuple[float, float, float], shape: tuple[int, ...],
+             edge_mm: float) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """The box a lesion lies in and its edge weight there (1 inside, ramping to 0 over ``edge_mm``)."""
+    if les.region is not None:
+        hit = np.nonzero(les.region)
+        if hit[0].size == 0:
+            return None
+        box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in hit)
+        # The region's edge ramps over about edge_mm: a box mean of the mask, stretched so 0.5 stays on the edge.
+        k = tuple(max(1, int(round(edge_mm / s)) | 1) for s in spacing)
+        t = torch.from_numpy(les.region.astype(np.float32))[None, None]
+        smooth = torch.nn.functional.avg_pool3d(t, k, 1, tuple(i // 2 for i in k), count_include_pad=False)[0, 0].numpy()
+        return box, np.clip(smooth[box] * 2.0 - 0.5, 0.0, 1.0).astype(np.float32)
+    lo = [max(0, int(math.floor((c - r - edge_mm) / s))) for c, r, s in zip(les.center_mm, les.radii_mm, spacing)]
+    hi = [min(dim, int(math.ceil((c + r + edge_mm) / s)) + 1) for c, r, s, dim in zip(les.center_mm, les.radii_mm, spacing, shape)]
+    if any(h <= l for l, h in zip(lo, hi)):
+        return None
+    box = tuple(slice(l, h) for l, h in zip(lo, hi))
+    grids = np.meshgrid(*[np.arange(l, h, dtype=np.float32) * s for l, h, s in zip(lo, hi, spacing)], indexing="ij")
+    rho = np.sqrt(sum(((g - c) / r) ** 2 for g, c, r in zip(grids, les.center_mm, les.radii_mm)))
+    edge = min(edge_mm, 0.5 * float(np.mean(les.radii_mm))) if les.kind == "nodule" else edge_mm  # a 3 mm nodule keeps a core
+    return box, np.clip((1.0 - rho) * float(np.mean(les.radii_mm)) / edge + 0.5, 0.0, 1.0).astype(np.float32)
 
 
 # -- cases ---------------------------------------------------------------------------------
@@ -281,6 +310,9 @@ class CaseResult:
     pred_level: str
     voxels: dict[str, int]  # tp/fp/fn counts per type for pooled Dice
     seconds: float
+    fp_ml: float = 0.0  # predicted opacity outside every reference lesion (dilated 2 voxels) and excluded zone
+    lung_ratio: float = 1.0  # predicted lung volume / reference lung volume
+    family: str = ""  # the recipe: clean, small, moderate, borderline, high, large, lobe, diffuse, nodules
 
 
 def _canonical_volume(hu: np.ndarray, spacing: tuple[float, float, float]) -> Volume:
@@ -288,41 +320,99 @@ def _canonical_volume(hu: np.ndarray, spacing: tuple[float, float, float]) -> Vo
     return Volume.from_spacing(hu, spacing)
 
 
+# What a reader marks on the clean real CT (canonical voxel boxes ``(z0, z1), (y0, y1), (x0, x1)``, read
+# on a lung window): the right-lung mass beside the hilum is a finding; the faint density behind it is
+# indeterminate (haze or motion of the 4D acquisition) and counts neither for nor against the analyzer.
+# Every other label on the clean scan is a false positive.
+REAL_CT_FINDINGS = {"mass": ((70, 89), (225, 280), (145, 210))}
+REAL_CT_INDETERMINATE = {"posterior haze": ((70, 89), (276, 316), (148, 202))}
+
+
+def _boxes(shape: tuple[int, ...], boxes: dict[str, tuple[tuple[int, int], ...]]) -> np.ndarray:
+    out = np.zeros(shape, bool)
+    for (z0, z1), (y0, y1), (x0, x1) in boxes.values():
+        out[z0:z1, y0:y1, x0:x1] = True
+    return out
+
+
 def make_base(name: str, hu: np.ndarray, spacing: tuple[float, float, float], lung: np.ndarray | None = None,
               device: str = "cpu") -> Base:
-    """Analyze the clean scan; its lungs (or ``lung``, when given) are the reference lungs."""
+    """Analyze the clean scan; its lungs (or ``lung``, when given) are the reference lungs.
+
+    Without ``lung`` (the real CT) the reference findings are the clean scan's labels inside
+    :data:`REAL_CT_FINDINGS`; labels inside :data:`REAL_CT_INDETERMINATE` are excluded from scoring.
+    """
     a = analyze(_canonical_volume(hu, spacing), device)
     pred = a.labels
     ref_lung = (pred > 0) if lung is None else lung
-    pre = (pred >= Label.GGO) if lung is None else np.zeros(hu.shape, bool)
-    t = torch.from_numpy(pre)
-    pre_zone = dilate(t, (2, 2, 2)).numpy() if pre.any() else pre
+    pre = np.zeros(hu.shape, bool)
+    pre_zone = pre
+    if lung is None:
+        pre = (pred >= Label.GGO) & _boxes(hu.shape, REAL_CT_FINDINGS)
+        pre_zone = dilate(torch.from_numpy(pre), (2, 2, 2)).numpy() | ((pred >= Label.GGO) & _boxes(hu.shape, REAL_CT_INDETERMINATE))
     side = reference_sides(ref_lung)
     base = Base(name, hu, spacing, ref_lung, side, pre, pre_zone)
     # Candidate centres: lung at least 8 mm (in-plane) / 4 mm (z) inside, 20 mm from findings.
     r = (max(1, round(4.0 / spacing[0])), max(1, round(8.0 / spacing[1])), max(1, round(8.0 / spacing[2])))
     inner = erode(torch.from_numpy(ref_lung), r)
-    if pre.any():
+    if pre_zone.any():
         far = (max(1, round(20.0 / spacing[0])), max(1, round(20.0 / spacing[1])), max(1, round(20.0 / spacing[2])))
-        inner &= ~dilate(torch.from_numpy(pre), far)
+        inner &= ~dilate(torch.from_numpy(pre_zone), far)
     inner_np = inner.numpy()
     for s, nm in Side.NAMED:
         base.placeable[nm] = np.argwhere(inner_np & (side == s))
     return base
 
 
-def random_lesions(base: Base, rng: np.random.Generator, spec: Sequence[tuple[str, str, float]]) -> list[Lesion]:
-    """Lesions from ``(kind, side, radius_mm)`` at random placeable centres, random shape and HU."""
+def _centre(base: Base, rng: np.random.Generator, side: str, position: str) -> np.ndarray | None:
+    """A placeable centre voxel: anywhere, on the mediastinum (most medial 5 %) or on the diaphragm (lowest 10 %)."""
+    cand = base.placeable[side]
+    if cand.size == 0:
+        return None
+    if position == "medial":
+        xs = np.nonzero(base.lung.any(axis=(0, 1)))[0]
+        mid = (xs.min() + xs.max()) / 2.0
+        d = np.abs(cand[:, 2] - mid)
+        cand = cand[d <= np.quantile(d, 0.05)]
+    elif position == "basal":
+        cand = cand[cand[:, 0] <= np.quantile(cand[:, 0], 0.10)]
+    return cand[rng.integers(len(cand))]
+
+
+def lower_lobe(base: Base, side: str) -> np.ndarray:
+    """An approximate lower lobe: the lung of ``side`` below an oblique fissure rising from the front of the
+    base to about 60 % of the lung's height at the back."""
+    s = dict((nm, v) for v, nm in Side.NAMED)[side]
+    m = base.side == s
+    z, y, _ = np.nonzero(m)
+    if z.size == 0:
+        return m
+    zn = (np.arange(m.shape[0])[:, None, None] - z.min()) / max(1, z.max() - z.min())
+    yn = (np.arange(m.shape[1])[None, :, None] - y.min()) / max(1, y.max() - y.min())
+    return m & (zn < 0.05 + 0.55 * yn)
+
+
+def random_lesions(base: Base, rng: np.random.Generator, spec: Sequence[tuple[Any, ...]]) -> list[Lesion]:
+    """Lesions from ``(kind, side, radius_mm[, position])``: ellipsoids at placeable centres of random shape
+    and HU; ``position`` ``lobe`` (the side's lower lobe) and ``diffuse`` (both lungs) are regions instead."""
     out: list[Lesion] = []
-    for kind, side, r in spec:
-        cand = base.placeable[side]
-        if cand.size == 0:
+    for kind, side, r, *rest in spec:
+        position = rest[0] if rest else "random"
+        hu = float(rng.uniform(-600, -400)) if kind == "ggo" else float(rng.uniform(-50, 50))
+        if position in ("lobe", "diffuse"):
+            region = lower_lobe(base, side) if position == "lobe" else base.lung
+            if position == "diffuse":
+                hu = float(rng.uniform(-650, -550))  # a haze: the lung is still aerated, denser
+            out.append(Lesion(kind, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), hu, side, position, region))
             continue
-        c = cand[rng.integers(len(cand))]
+        c = _centre(base, rng, side, position)
+        if c is None:
+            continue
         center = tuple(float(i * s) for i, s in zip(c, base.spacing))
         radii = tuple(float(r * f) for f in rng.uniform(0.75, 1.25, 3))
-        hu = float(rng.uniform(-600, -400)) if kind == "ggo" else float(rng.uniform(-50, 50))
-        out.append(Lesion(kind, center, radii, hu, side))  # type: ignore[arg-type]
+        if kind == "nodule":
+            hu = float(rng.uniform(0, 60))
+        out.append(Lesion(kind, center, radii, hu, side, position))  # type: ignore[arg-type]
     return out
 
 
@@ -335,15 +425,18 @@ def evaluate_case(base: Base, case: Case, device: str = "cpu") -> CaseResult:
     pred_les = pred >= Label.GGO
     ref_les = (truth >= Label.GGO) | base.preexisting
     per: list[dict[str, Any]] = []
+    voxel_ml = float(np.prod(base.spacing)) / 1000.0
     for n, les in enumerate(case.lesions):
         m = ids == n + 1
         k = int(m.sum())
         if k == 0:
             continue
         hit = int((m & pred_les).sum())
+        # A region's size is the diameter of the sphere of its reference volume.
+        diameter = les.diameter_mm if les.region is None else 2.0 * (3.0 * k * voxel_ml * 1000.0 / (4.0 * math.pi)) ** (1 / 3)
         per.append({
-            "kind": les.kind, "side": les.side, "radius_mm": float(np.mean(les.radii_mm)), "hu": les.hu,
-            "ref_ml": k * float(np.prod(base.spacing)) / 1000.0, "overlap": hit / k, "detected": hit / k >= DETECT_FRACTION,
+            "kind": les.kind, "side": les.side, "radius_mm": diameter / 2.0, "hu": les.hu, "position": les.position,
+            "ref_ml": k * voxel_ml, "overlap": hit / k, "detected": hit / k >= DETECT_FRACTION,
         })
     comp, sizes = label(torch.from_numpy(pred_les))
     comp_np = comp.numpy()
@@ -351,6 +444,8 @@ def evaluate_case(base: Base, case: Case, device: str = "cpu") -> CaseResult:
     n_comp = int(sizes.numel()) - 1
     fp = n_comp - int((touched > 0).sum())
     outside_pre = ~base.preexisting_zone
+    near_ref = dilate(torch.from_numpy(ref_les), (2, 2, 2)).numpy() if ref_les.any() else ref_les
+    fp_ml = float((pred_les & ~near_ref & outside_pre).sum()) * voxel_ml
     vox: dict[str, int] = {}
     for code, nm in ((Label.GGO, "ggo"), (Label.CONSOLIDATION, "consolidation")):
         p, r = (pred == code) & outside_pre, (truth == code) & outside_pre
@@ -366,7 +461,8 @@ def evaluate_case(base: Base, case: Case, device: str = "cpu") -> CaseResult:
         pred_grades=[grade(pred_zones[z]) for z in ZONES], ref_total_pct=ref_total,
         pred_total_pct=float(a.report["involvement_pct"]["total"]),
         ref_level_high=score_from_involvement(ref_total) >= 0.85, pred_level=a.report["triage_level"],
-        voxels=vox, seconds=time.perf_counter() - t0,
+        voxels=vox, seconds=time.perf_counter() - t0, fp_ml=fp_ml,
+        lung_ratio=float((pred > 0).sum()) / max(1, int(base.lung.sum())), family=case.name.split("/")[-1].rsplit("_", 1)[0],
     )
 
 
@@ -376,9 +472,24 @@ def evaluate_case(base: Base, case: Case, device: str = "cpu") -> CaseResult:
 _SMALL = [("ggo", "right", 7.0), ("consolidation", "left", 6.0)]
 
 
-def _spec_set(rng: np.random.Generator, n_cases: int, scale: float = 1.0) -> list[tuple[str, list[tuple[str, str, float]]]]:
+def _hard_set(rng: np.random.Generator, scale: float) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """What a triage must never miss and must not invent: large consolidations (50-120 mm) on the
+    mediastinum, on the diaphragm and anywhere; a consolidated lower lobe; diffuse ground glass over
+    both lungs; small solid nodules (4-8 mm) that are no opacity."""
+    recipes: list[tuple[str, list[tuple[Any, ...]]]] = []
+    for i, (position, side) in enumerate((("medial", "right"), ("medial", "left"), ("basal", "right"),
+                                          ("basal", "left"), ("random", "right"), ("random", "left"))):
+        recipes.append((f"large_{position}_{i + 1:02d}", [("consolidation", side, float(rng.uniform(25, 60)) * scale, position)]))
+    recipes.append(("lobe_01", [("consolidation", "right", 0.0, "lobe")]))
+    recipes.append(("lobe_02", [("consolidation", "left", 0.0, "lobe")]))
+    recipes.append(("diffuse_01", [("ggo", "right", 0.0, "diffuse")]))
+    recipes.append(("nodules_01", [("nodule", ("right", "left")[j % 2], float(rng.uniform(2.0, 4.0))) for j in range(8)]))
+    return recipes
+
+
+def _spec_set(rng: np.random.Generator, n_cases: int, scale: float = 1.0) -> list[tuple[str, list[tuple[Any, ...]]]]:
     """Case recipes: clean, few small, moderate, borderline, HIGH (diffuse)."""
-    recipes: list[tuple[str, list[tuple[str, str, float]]]] = [("clean", [])]
+    recipes: list[tuple[str, list[tuple[Any, ...]]]] = [("clean", [])]
     kinds = ("ggo", "consolidation")
     sides = ("right", "left")
     plan = ["small", "moderate", "high", "small", "borderline", "high", "moderate", "high", "small", "borderline", "high", "moderate"]
@@ -438,7 +549,7 @@ def run(quick: bool = False, real: bool = True, seed: int = 20260501, log: Any =
             if loaded is not None:
                 bases.append((make_base("real_ct00", loaded[0], loaded[1]), 14, 1.0))
     for base, n_cases, scale in bases:
-        for name, spec in _spec_set(rng, n_cases, scale):
+        for name, spec in [*_spec_set(rng, n_cases, scale), *_hard_set(rng, scale)]:
             case = Case(f"{base.name}/{name}", base.name, random_lesions(base, rng, spec), int(rng.integers(1 << 30)))
             r = evaluate_case(base, case)
             results.append(r)
@@ -463,12 +574,18 @@ def summarise(results: Sequence[CaseResult]) -> dict[str, Any]:
         k, n = strata.get(key, (0, 0))
         strata[key] = (k + int(det), n + 1)
 
+    nodules: list[bool] = []
     for l in lesions:
+        if l["kind"] == "nodule":
+            nodules.append(l["detected"])
+            continue
         d = 2 * l["radius_mm"]
         size = "<15 mm" if d < 15 else ("15-30 mm" if d < 30 else ("30-50 mm" if d < 50 else ">=50 mm"))
         add("all", l["detected"])
         add(l["kind"], l["detected"])
         add(f"{l['kind']} {size}", l["detected"])
+        if d >= 50 and l.get("position", "random") != "random":
+            add(f"{l['kind']} >=50 mm, {l['position']}", l["detected"])
     sens = {k: wilson(*v) + v for k, v in sorted(strata.items())}
     vox = {k: sum(r.voxels.get(k, 0) for r in results) for k in results[0].voxels} if results else {}
     dices = {nm: (2 * vox[f"{nm}_tp"] / (vox[f"{nm}_p"] + vox[f"{nm}_r"]) if vox.get(f"{nm}_p", 0) + vox.get(f"{nm}_r", 0) else float("nan"))
@@ -485,9 +602,17 @@ def summarise(results: Sequence[CaseResult]) -> dict[str, Any]:
     fp = sum((not r.ref_level_high) and r.pred_level == TriageLevel.HIGH for r in results)
     tn = sum((not r.ref_level_high) and r.pred_level != TriageLevel.HIGH for r in results)
     by_base: dict[str, list[int]] = {}
+    fp_ml: dict[str, list[float]] = {}
+    lung_ratio: dict[str, list[float]] = {}
     for r in results:
         by_base.setdefault(r.base, []).append(r.fp_components)
+        fp_ml.setdefault(r.base, []).append(r.fp_ml)
+        lung_ratio.setdefault(r.family, []).append(r.lung_ratio)
+    clean_fp = {r.base: r.fp_ml for r in results if r.family == "clean"}
     return {
+        "fp_ml": {b: (float(np.mean(v)), float(max(v)), clean_fp.get(b, float("nan"))) for b, v in fp_ml.items()},
+        "lung_ratio": {f: (float(np.mean(v)), float(min(v)), float(max(v)), len(v)) for f, v in sorted(lung_ratio.items())},
+        "nodules": (sum(nodules), len(nodules)),
         "model_version": MODEL_VERSION,
         "cases": len(results),
         "lesions": len(lesions),
@@ -509,7 +634,8 @@ def summarise(results: Sequence[CaseResult]) -> dict[str, Any]:
                    "ppv": wilson(tp, tp + fp), "npv": wilson(tn, tn + fn)},
         "per_case": [{"name": r.name, "lesions": r.n_lesions, "ref_pct": round(r.ref_total_pct, 2), "pred_pct": round(r.pred_total_pct, 2),
                       "ref_severity": sum(r.ref_grades), "pred_severity": sum(r.pred_grades),
-                      "ref_high": r.ref_level_high, "pred_level": r.pred_level, "fp": r.fp_components,
+                      "ref_high": r.ref_level_high, "pred_level": r.pred_level, "fp": r.fp_components, "fp_ml": round(r.fp_ml, 1),
+                      "lung_pct": round(100 * r.lung_ratio, 1),
                       "detected": f"{sum(l['detected'] for l in r.per_lesion)}/{r.n_lesions}", "seconds": round(r.seconds, 1)} for r in results],
         "detect_fraction": DETECT_FRACTION,
     }
@@ -580,6 +706,20 @@ def _md_detection(s: dict[str, Any]) -> list[str]:
             ("scan", "mean FP components per case", "max", "cases"),
             [*((b, f"{m:.2f}", mx, n) for b, (m, mx, n) in s["fp_per_scan"].items()),
              ("all", f"{s['fp_per_scan_all']:.2f}", "", s["cases"])])),
+        *_section("False-positive volume", [
+            "Predicted opacity outside every reference lesion (dilated by 2 voxels) and outside the excluded zone, in ml.",
+            "",
+            *_table(("scan", "clean scan", "mean per case", "max"),
+                    ((b, f"{c:.1f}", f"{m:.1f}", f"{mx:.1f}") for b, (m, mx, c) in s["fp_ml"].items())),
+            "",
+            f"Small solid nodules (4-8 mm) counted as opacities: {s['nodules'][0]} of {s['nodules'][1]}.",
+        ]),
+        *_section("Lung volume under disease", [
+            "Predicted lung volume as a share of the reference lungs (disease included), by case family.",
+            "",
+            *_table(("family", "mean", "min", "max", "cases"),
+                    ((f, f"{100 * m:.1f} %", f"{100 * lo:.1f} %", f"{100 * hi:.1f} %", n) for f, (m, lo, hi, n) in s["lung_ratio"].items())),
+        ]),
         *_section("Voxel overlap (Dice, pooled)", [
             f"GGO {d['ggo']:.3f}; consolidation {d['consolidation']:.3f}; any lesion (type ignored) {d['any']:.3f}."]),
     ]
@@ -612,9 +752,10 @@ def _md_grading(s: dict[str, Any]) -> list[str]:
 def _md_per_case(s: dict[str, Any]) -> list[str]:
     return _section("Per case", _table(
         ("case", "lesions detected", "ref involvement %", "index %", "ref severity", "index severity", "ref HIGH",
-         "index level", "FP", "s"),
+         "index level", "FP", "FP ml", "lung % of ref", "s"),
         ((c["name"], c["detected"], c["ref_pct"], c["pred_pct"], c["ref_severity"], c["pred_severity"],
-          "yes" if c["ref_high"] else "no", c["pred_level"], c["fp"], c["seconds"]) for c in s["per_case"])))
+          "yes" if c["ref_high"] else "no", c["pred_level"], c["fp"], c["fp_ml"], c["lung_pct"], c["seconds"])
+         for c in s["per_case"])))
 
 
 _LIMITATIONS = [
