@@ -3,6 +3,10 @@
 Works on the coarse grid (about 4 mm), where connected components are cheap,
 in canonical orientation (Z superior, Y posterior, X to the patient's left);
 the lung mask ends on the work grid (about 2 mm), where lesions are found.
+Dense disease counts as lung where the aerated lung encloses it in-plane
+(:func:`side_regions`), where the per-slice hull of that lung spans it
+(the pleural cavity), and, where one lung has lost most of its outline in a
+slice (a consolidated lobe), inside the other lung mirrored about the midline.
 Masks are bool ``(Z, Y, X)``; side maps are uint8 with :class:`Side` values.
 """
 
@@ -271,6 +275,51 @@ def _pleural_cavity(side_c: torch.Tensor, body_fill_c: torch.Tensor, sp_c: tuple
     return out
 
 
+def _mirrored_lungs(region: torch.Tensor, chest: Chest, excluded: torch.Tensor, p: Params) -> torch.Tensor:
+    """The other lung, mirrored about the body's midline, where one lung has lost most of its outline.
+
+    A consolidated lobe leaves no aerated lung to span: where, in the middle of the lungs' height,
+    one side's region is under ``p.mirror_ratio`` of the other side's mirrored, the mirrored other lung
+    (one voxel inside) stands for this one. Never in the anterior middle of the chest, where the heart
+    makes the two sides differ, nor where ``excluded`` (mediastinum, domes, skin, air) says no.
+
+    Returns a uint8 side map on the coarse grid (0 where nothing is added).
+    """
+    z, y, x = region.shape
+    dev = region.device
+    out = torch.zeros_like(region)
+    present = torch.nonzero(region.flatten(1).any(dim=1)).squeeze(1)
+    cols = chest.body_fill.any(dim=1)  # (Z, X)
+    if present.numel() < 3 or not bool(cols.any()):
+        return out
+    z0, z1 = int(present.min()), int(present.max())
+    zs = torch.arange(z, device=dev)
+    margin = p.mirror_skip_frac * (z1 - z0)
+    middle = (zs >= z0 + margin) & (zs <= z1 - margin)
+    xs = torch.arange(x, device=dev, dtype=torch.float32)
+    lo = torch.where(cols, xs, torch.full_like(xs, float(x))).amin(dim=1)
+    hi = torch.where(cols, xs, torch.full_like(xs, -1.0)).amax(dim=1)
+    mid, width = ((lo + hi) / 2.0)[:, None], (hi - lo + 1).clamp(min=1)[:, None]  # (Z, 1)
+    idx = (2.0 * mid - xs[None, :]).round().clamp(0, x - 1).long()  # (Z, X): the mirror of each column
+    rows = chest.body_fill.any(dim=2).any(dim=0)
+    ry = torch.nonzero(rows).squeeze(1).float() if bool(rows.any()) else torch.tensor([0.0, y - 1.0], device=dev)
+    ys = torch.arange(y, device=dev, dtype=torch.float32)
+    anterior = (ys < float(ry.min() + ry.max()) / 2.0)[None, :, None]
+    # The heart lies left of the midline: the mirrored right lung is no guide there over a wider band.
+    heart = {Side.RIGHT: anterior & ((xs[None, :] - mid) > -0.25 * width)[:, None, :],
+             Side.LEFT: anterior & ((xs[None, :] - mid) < 0.35 * width)[:, None, :]}
+    for s, o in ((Side.RIGHT, Side.LEFT), (Side.LEFT, Side.RIGHT)):
+        on_side = (xs[None, :] < mid) if s == Side.RIGHT else (xs[None, :] > mid)  # (Z, X)
+        mirrored = torch.gather(region == o, 2, idx[:, None, :].expand(z, y, x)) & on_side[:, None, :]
+        area_s = (region == s).flatten(1).sum(dim=1).float()
+        area_m = mirrored.flatten(1).sum(dim=1).float()
+        lost = middle & (area_s < p.mirror_ratio * area_m)
+        # Two voxels (8 mm) inside the mirrored outline: the sides are alike, not equal (the aorta, the heart's edge).
+        add = erode(mirrored, (0, 2, 2)) & lost[:, None, None] & ~heart[s] & ~excluded & (out == 0) & (region == 0)
+        out[add] = s
+    return out
+
+
 def work_grid_lungs(chest: Chest, side: torch.Tensor, region: torch.Tensor, work: Grid, p: Params) -> tuple[torch.Tensor, torch.Tensor]:
     """The lung on the work grid: aerated lung inside the region, plus what lies well inside it.
 
@@ -300,6 +349,9 @@ def work_grid_lungs(chest: Chest, side: torch.Tensor, region: torch.Tensor, work
     dome_c = _diaphragm_domes(tissue_c, region, sp_c, p)
     inner_w = upsample(erode(region > 0, (0, 1, 1)) & ~dome_c, cf, work.shape)
     cavity_c = _pleural_cavity(side, chest.body_fill, sp_c, p)
+    no_lung = _mediastinum(side, chest.body_fill) | dome_c | body_edge(chest.body, sp_c) | ~tissue_c | ~chest.body_fill
+    mirror_c = _mirrored_lungs(region, chest, no_lung, p)
+    cavity_c[(mirror_c > 0) & (cavity_c == 0)] = mirror_c[(mirror_c > 0) & (cavity_c == 0)]
     # Only solid coarse voxels: a coarse voxel half air, half wall is the lung's own border.
     cavity_c[(region > 0) | dome_c | body_edge(chest.body, sp_c) | ~tissue_c] = 0
     region = region.clone()

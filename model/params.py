@@ -30,8 +30,10 @@ class Params:
     max_obliquity_deg: float = 20.0  # array axes further than this from a patient axis: oblique
     max_gas_median_hu: float = -960.0  # "lungs" darker than this are gas (bowel, phantoms), not lung
     pv_dense_hu: float = -300.0  # tissue side of a partial-volume edge
-    dome_mm: float = 40.0  # how high tissue standing on the diaphragm is followed up into the lung outline
+    dome_mm: float = 20.0  # how high tissue standing on the diaphragm is followed up into the lung outline
     pv_sheet_mm: tuple[float, float] = (8.0, 4.0)  # GGO this thin on the lung wall (along z, in-plane) is partial volume
+    mirror_ratio: float = 0.45  # one lung's region under this share of the other's mirrored: it has lost its outline
+    mirror_skip_frac: float = 0.15  # not in this share of the lungs' height at the base and the apex (uneven domes)
     cavity_slab_mm: float = 4.0  # the per-slice lung hull uses the aerated lung this far above and below
 
 

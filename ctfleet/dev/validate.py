@@ -680,10 +680,21 @@ def _md_method(s: dict[str, Any]) -> list[str]:
         "(b) generated phantoms (`ctfleet.dev.phantom.chest_phantom`, three seeds), whose lung truth is exact.",
         "* **Case mix** (fixed seed): per scan one clean case plus cases with a few small lesions (radius 5-12 mm), moderate "
         "(3-6 lesions of 10-22 mm), borderline (8 GGO of 24-32 mm + one consolidation) and diffuse HIGH-level "
-        "(14 lesions of 34-48 mm in both lungs); phantom radii are scaled by 0.6 (smaller lungs).",
+        "(14 lesions of 34-48 mm in both lungs); then the cases a triage must not miss or invent: one large consolidation "
+        "(radius 25-60 mm) centred on the mediastinum (the most medial 5 % of placeable centres), on the diaphragm (the lowest "
+        "10 %) or anywhere, per side; a consolidated lower lobe per side (the lung below an oblique plane rising from the front "
+        "of the base to 60 % of the lung's height at the back, 3 mm edge ramp); diffuse ground glass over both lungs "
+        "(-650 to -550 HU, vessels kept); eight solid nodules of 4-8 mm (0-60 HU), which are no opacity and count only as "
+        "false positives. Phantom radii are scaled by 0.6 (smaller lungs). A region's size is the diameter of the sphere "
+        "of its reference volume.",
+        "* **Reader's marks on the real CT**: the clean scan's labels inside a box around the right-lung mass are the "
+        "pre-existing finding; the faint density behind it (haze or motion of the 4D acquisition) is indeterminate and "
+        "excluded from scoring; every other label on the clean scan is a false positive.",
         f"* **Definitions**: a lesion is *detected* when >= {100 * s['detect_fraction']:.0f} % of its reference voxels carry "
         "a predicted lesion label (either type). A *false-positive lesion* is a 6-connected predicted lesion component touching "
-        "no reference lesion voxel (inserted, or pre-existing dilated by 2 voxels). Dice per type pools voxels over all cases, "
+        "no reference lesion voxel (inserted, or pre-existing dilated by 2 voxels); the *false-positive volume* is the "
+        "predicted opacity outside every reference lesion dilated by 2 voxels and outside the excluded zone. *Lung volume "
+        "under disease* is the predicted lung volume over the reference lungs. Dice per type pools voxels over all cases, "
         "outside the pre-existing findings. Reference zone grades, severity (0-24) and triage use the analyzer's formulas on the "
         "reference map (inserted lesions plus pre-existing findings, over the reference lungs; zones = thirds of each lung's "
         "height); reference HIGH = score `1 - exp(-pct/15)` >= 0.85, i.e. involvement >= 28.5 %.",
@@ -766,7 +777,9 @@ _LIMITATIONS = [
     "noise. The reference lungs of that scan are the analyzer's own clean-scan lungs, so lung-segmentation errors are not "
     "measured there (on phantoms they are, lung truth being exact).",
     "* Lesions are centred at least 8 mm inside the lungs and 20 mm from the real mass; large ones reach the pleura and "
-    "are clipped there, but the hardest places (diaphragm domes, mediastinal surface, fissures) are under-represented.",
+    "are clipped there. The mediastinal and diaphragmatic cases put the centre as near those surfaces as that allows; "
+    "the lower lobe is a plane cut, not the real fissure.",
+    "* The reader's marks on the real CT are one engineer's reading on a lung window, not a radiologist's.",
     "* Cases are not independent (same anatomy re-used), so the confidence intervals are optimistic; the triage table "
     "is dominated by the designed case mix (prevalence chosen, not observed).",
     "* Pre-existing findings of the clean real scan are part of the reference by construction and excluded from FP, Dice "
