@@ -311,11 +311,12 @@ def _mirrored_lungs(region: torch.Tensor, chest: Chest, excluded: torch.Tensor, 
     for s, o in ((Side.RIGHT, Side.LEFT), (Side.LEFT, Side.RIGHT)):
         on_side = (xs[None, :] < mid) if s == Side.RIGHT else (xs[None, :] > mid)  # (Z, X)
         mirrored = torch.gather(region == o, 2, idx[:, None, :].expand(z, y, x)) & on_side[:, None, :]
-        area_s = (region == s).flatten(1).sum(dim=1).float()
-        area_m = mirrored.flatten(1).sum(dim=1).float()
-        lost = middle & (area_s < p.mirror_ratio * area_m)
+        # Per slice and row: a half-consolidated lobe leaves whole rows (its back) without lung.
+        area_s = (region == s).sum(dim=2).float()  # (Z, Y)
+        area_m = mirrored.sum(dim=2).float()
+        lost = (middle[:, None] & (area_s < p.mirror_ratio * area_m) & (area_m >= 4))[:, :, None]
         # Two voxels (8 mm) inside the mirrored outline: the sides are alike, not equal (the aorta, the heart's edge).
-        add = erode(mirrored, (0, 2, 2)) & lost[:, None, None] & ~heart[s] & ~excluded & (out == 0) & (region == 0)
+        add = erode(mirrored, (0, 2, 2)) & lost & ~heart[s] & ~excluded & (out == 0) & (region == 0)
         out[add] = s
     return out
 
@@ -349,11 +350,12 @@ def work_grid_lungs(chest: Chest, side: torch.Tensor, region: torch.Tensor, work
     dome_c = _diaphragm_domes(tissue_c, region, sp_c, p)
     inner_w = upsample(erode(region > 0, (0, 1, 1)) & ~dome_c, cf, work.shape)
     cavity_c = _pleural_cavity(side, chest.body_fill, sp_c, p)
-    no_lung = _mediastinum(side, chest.body_fill) | dome_c | body_edge(chest.body, sp_c) | ~tissue_c | ~chest.body_fill
-    mirror_c = _mirrored_lungs(region, chest, no_lung, p)
-    cavity_c[(mirror_c > 0) & (cavity_c == 0)] = mirror_c[(mirror_c > 0) & (cavity_c == 0)]
+    no_lung = _mediastinum(side, chest.body_fill) | body_edge(chest.body, sp_c) | ~tissue_c | ~chest.body_fill
     # Only solid coarse voxels: a coarse voxel half air, half wall is the lung's own border.
     cavity_c[(region > 0) | dome_c | body_edge(chest.body, sp_c) | ~tissue_c] = 0
+    # The other lung's mirror is evidence of lung, also over tissue standing on the diaphragm.
+    mirror_c = _mirrored_lungs(region, chest, no_lung, p)
+    cavity_c[(mirror_c > 0) & (cavity_c == 0)] = mirror_c[(mirror_c > 0) & (cavity_c == 0)]
     region = region.clone()
     region[cavity_c > 0] = cavity_c[cavity_c > 0]
     region_w = upsample(region, cf, work.shape)
