@@ -126,6 +126,7 @@ def aerated_lungs(chest: Chest, p: Params) -> torch.Tensor:
     if sizes.numel() > 1:
         keep = sizes >= max(float(sizes.max()) * p.min_lung_part_frac, 20.0 / chest.grid.voxel_ml)
         keep[0] = False
+        keep |= _lung_fragments(internal, lab, sizes, keep, chest, p)
         lung = keep[lab]
         # Regrow to the lung surface, only through internal air; as far as
         # the erosion went and one more, so airways regrow only a stub.
@@ -133,6 +134,35 @@ def aerated_lungs(chest: Chest, p: Params) -> torch.Tensor:
         for _ in range(max(r_air) + 1):
             lung = dilate(lung, step) & internal
     return lung
+
+
+def _lung_fragments(internal: torch.Tensor, lab: torch.Tensor, sizes: torch.Tensor, keep: torch.Tensor,
+                    chest: Chest, p: Params) -> torch.Tensor:
+    """Small cores that are pieces of a lung: opacities cut the aerated lung into parts the erosion separates.
+
+    A core of at least ``p.min_lung_fragment_ml`` is kept when, before the erosion, its air is one with a
+    kept lung's, and it lies away from the midline (the trachea and main bronchi lie near it). Gut gas
+    is air of its own under the diaphragm and stays out. Returns a bool per core id.
+    """
+    out = torch.zeros_like(keep)
+    small = (sizes >= p.min_lung_fragment_ml / chest.grid.voxel_ml) & ~keep
+    small[0] = False
+    if not bool(small.any()) or not bool(keep.any()):
+        return out
+    air_lab, _ = label(internal)
+    ids = lab.flatten()
+    air_of_core = torch.zeros(sizes.numel(), dtype=air_lab.dtype, device=lab.device)
+    air_of_core.scatter_reduce_(0, ids, air_lab.flatten(), reduce="amax")  # every core lies in one air component
+    lung_air = torch.zeros(int(air_lab.max()) + 1, dtype=torch.bool, device=lab.device)
+    lung_air[air_of_core[keep]] = True
+    x = lab.shape[2]
+    xs = torch.arange(x, device=lab.device, dtype=torch.float32).expand_as(lab).flatten()
+    centre_x = torch.zeros(sizes.numel(), device=lab.device).scatter_add_(0, ids, xs) / sizes.clamp(min=1).float()
+    cols = chest.body.any(dim=0).any(dim=0)
+    idx = torch.nonzero(cols).squeeze(1).float() if bool(cols.any()) else torch.tensor([0.0, x - 1.0], device=lab.device)
+    mid, width = float(idx.min() + idx.max()) / 2.0, float(idx.max() - idx.min() + 1)
+    lateral = (centre_x - mid).abs() > p.airway_band_frac * width
+    return small & lung_air[air_of_core] & lateral
 
 
 def looks_like_lungs(chest: Chest, lung: torch.Tensor, p: Params) -> bool:

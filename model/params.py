@@ -22,6 +22,8 @@ class Params:
     airway_erode_mm: float = 8.0  # removes trachea (r ~ 9 mm) links and main bronchi (r ~ 6 mm)
     min_lung_ml: float = 300.0  # less than this is not a pair of lungs
     min_lung_part_frac: float = 0.15  # lung cores smaller than this x largest are gut gas etc.
+    min_lung_fragment_ml: float = 2.0  # a smaller piece of a lung's core, cut off by opacities, is let go
+    airway_band_frac: float = 0.15  # the trachea and main bronchi lie within this share of the body's width of its midline
     lung_close_mm: float = 16.0  # lets peripheral dense lesions count as lung
     ggo_hu: tuple[float, float] = (-750.0, -300.0)
     consolidation_hu: tuple[float, float] = (-300.0, 100.0)
