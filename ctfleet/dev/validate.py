@@ -565,9 +565,9 @@ def run(quick: bool = False, real: bool = True, seed: int = 20260501, log: Any =
     return summary
 
 
-def summarise(results: Sequence[CaseResult]) -> dict[str, Any]:
-    """Pooled metrics over case results."""
-    lesions = [dict(l, case=r.name) for r in results for l in r.per_lesion]
+def _sensitivity(lesions: Sequence[dict[str, Any]]) -> tuple[dict[str, tuple[Any, ...]], list[bool]]:
+    """Per-lesion sensitivity by stratum (kind, size, position: Wilson interval and counts), and whether
+    each nodule was counted as an opacity."""
     strata: dict[str, tuple[int, int]] = {}
 
     def add(key: str, det: bool) -> None:
@@ -587,6 +587,13 @@ def summarise(results: Sequence[CaseResult]) -> dict[str, Any]:
         if d >= 50 and l.get("position", "random") != "random":
             add(f"{l['kind']} >=50 mm, {l['position']}", l["detected"])
     sens = {k: wilson(*v) + v for k, v in sorted(strata.items())}
+    return sens, nodules
+
+
+def summarise(results: Sequence[CaseResult]) -> dict[str, Any]:
+    """Pooled metrics over case results."""
+    lesions = [dict(l, case=r.name) for r in results for l in r.per_lesion]
+    sens, nodules = _sensitivity(lesions)
     vox = {k: sum(r.voxels.get(k, 0) for r in results) for k in results[0].voxels} if results else {}
     dices = {nm: (2 * vox[f"{nm}_tp"] / (vox[f"{nm}_p"] + vox[f"{nm}_r"]) if vox.get(f"{nm}_p", 0) + vox.get(f"{nm}_r", 0) else float("nan"))
              for nm in ("ggo", "consolidation", "any")}

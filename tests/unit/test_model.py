@@ -296,3 +296,29 @@ def test_heart_and_mediastinum_unlabelled(clean: tuple) -> None:
     solid = erode(torch.from_numpy(soft), (1, 3, 3)).numpy()  # at least ~6 mm from any lung surface
     core &= solid
     assert core.sum() > 1000 and not (labelled & core).any()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_consolidated_lower_lobe_is_found_inside_the_other_lung_s_mirror(side: str) -> None:
+    # The back half of one lung, over the middle of its height, turned to consolidation: no aerated
+    # lung is left there to span, so only the other lung's outline says it is lung.
+    from ctfleet.dev import phantom as ph
+
+    p = ph.chest_phantom(seed=101)
+    code = 1 if side == "right" else 2
+    truth_side = p.truth > 0
+    xs = np.arange(p.hu.shape[2])[None, None, :]
+    mid = p.hu.shape[2] / 2.0
+    on_side = (xs < mid) if side == "right" else (xs > mid)
+    z = np.nonzero(truth_side.any(axis=(1, 2)))[0]
+    zs = np.arange(p.hu.shape[0])[:, None, None]
+    rows = np.nonzero(truth_side.any(axis=(0, 2)))[0]
+    back = np.arange(p.hu.shape[1])[None, :, None] > (rows.min() + rows.max()) / 2.0
+    lobe = truth_side & on_side & back & (zs > z.min() + 0.3 * (z.max() - z.min())) & (zs < z.min() + 0.7 * (z.max() - z.min()))
+    hu = p.hu.copy()
+    hu[lobe] = 30.0 + np.random.default_rng(code).normal(0, 15, int(lobe.sum()))
+    a = analyze(Volume.from_spacing(hu, p.spacing_mm), "cpu")
+    found = float((a.labels[lobe] == Label.CONSOLIDATION).mean())
+    assert found >= 0.5, f"{100 * found:.0f} % of the consolidated lobe labelled"
+    clean_ml = float(truth_side.sum()) * p.voxel_ml
+    assert a.report["lung_volume_ml"]["total"] >= 0.8 * clean_ml  # the mirror stands 8 mm inside the outline

@@ -73,3 +73,19 @@ def test_quick_run_and_report() -> None:
     text = V.render_markdown(s)
     for heading in ("Per-lesion sensitivity", "False-positive", "Dice", "Severity score agreement", "Triage", "Limitations"):
         assert heading in text
+
+
+def test_a_region_lesion_fills_its_mask_and_a_nodule_is_painted_but_never_truth() -> None:
+    hu = np.full((30, 50, 50), -850.0, np.float32)
+    lung = np.ones(hu.shape, bool)
+    region = np.zeros(hu.shape, bool)
+    region[5:25, 10:40, 10:25] = True
+    les = [V.Lesion("consolidation", (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), 20.0, "right", "lobe", region),
+           V.Lesion("nodule", (30.0, 60.0, 70.0), (3.0, 3.0, 3.0), 40.0, "left")]
+    out, truth, ids = V.insert_lesions(hu, (2.0, 2.0, 2.0), lung, les, seed=3)
+    cons = truth == 3
+    assert 0.9 < cons.sum() / region.sum() < 1.1 and (cons & ~region).sum() < 0.1 * region.sum()
+    assert abs(float(np.median(out[region])) - 20.0) < 25
+    nodule = ids == 2
+    assert nodule.sum() > 0 and not (truth[nodule] > 0).any(), "a nodule is no opacity"
+    assert float(out[nodule].mean()) > -300
