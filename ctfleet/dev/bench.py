@@ -13,10 +13,10 @@ study made from it (resampled along z, written as DICOM):
 - the whole ``ctfleet analyze`` command, process start-up and imports included / read_hu;
 - warm analysis inside a running process (as the worker runs it) / read_hu,
   both ``analyze`` alone and the worker's path (volume + analyze + render);
-- the analyzer's peak memory on its device during one warm ``analyze``: on CUDA
-  ``torch.cuda.max_memory_allocated``; on CPU the process's resident set,
-  sampled every millisecond, above what it held before the call (the input
-  volume is not counted on either).
+- the analyzer's peak memory on its device during one ``analyze``, in a fresh
+  process: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak
+  resident set (``VmHWM``, reset once the series is read) above what was
+  resident before the call (the input volume is not counted on either).
 
 Each figure is the median of ``--repeat`` runs after one warm-up, so the OS
 page cache is warm for the baseline and the measured code alike.
@@ -83,40 +83,41 @@ def make_400_slice_study(real: Path, out: Path) -> Path:
     return out
 
 
-def peak_memory_mib(fn: Callable[[], object], device: str) -> float:
-    """Peak memory ``fn`` adds on ``device`` while it runs, in MiB (see the module's docstring)."""
-    import threading
+_PEAK_SCRIPT = """
+import gc, sys, torch
+from pathlib import Path
+from ctfleet.intake import read_dataset, volume_from_series
+from model import analyze
 
-    import torch
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key)) / 1024
 
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
-    page = os.sysconf("SC_PAGE_SIZE")
+volume = volume_from_series([read_dataset(p.read_bytes()) for p in sorted(Path(sys.argv[1]).glob("*.dcm"))])
+gc.collect()
+if sys.argv[2].startswith("cuda"):
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    analyze(volume, sys.argv[2])
+    print((torch.cuda.max_memory_allocated() - before) / 2**20)
+else:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak resident set (VmHWM) to what is resident now
+    before = status("VmRSS:")
+    analyze(volume, sys.argv[2])
+    print(status("VmHWM:") - before)
+"""
 
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
 
-    before, peak, done = rss(), [0], threading.Event()
+def peak_memory_mib(folder: Path, device: str) -> float:
+    """Peak memory one ``analyze`` of the series in ``folder`` adds on ``device``, in MiB, in a fresh process.
 
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss())
-            done.wait(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        sampler.join()
-    return max(0, max(peak[0], rss()) - before) / 2**20
+    CUDA: ``torch.cuda.max_memory_allocated`` during the call. CPU: the peak resident set (VmHWM, reset
+    once the series is read) above the resident set before the call.
+    """
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(folder), device], check=True,
+                         capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def baseline_read(files: list[Path]) -> None:
@@ -163,7 +164,7 @@ def bench_series(label: str, folder: Path, repeat: int, device: str) -> dict[str
     blobs = [p.read_bytes() for p in files]
     volume = volume_from_series([read_dataset(b) for b in blobs])
     t_analyze = median_time(lambda: analyze(volume, device), repeat)
-    peak_mib = peak_memory_mib(lambda: analyze(volume, device), device)
+    peak_mib = peak_memory_mib(folder, device)
 
     def worker_path() -> None:
         vol = volume_from_series([read_dataset(b) for b in blobs])
