@@ -120,6 +120,8 @@ def run_from_zero(settings: Settings, files: list[tuple[str, bytes]], *, boot_s:
         if study.get("status") != "DONE":
             raise RuntimeError(f"the urgent study ended {study.get('status')}: {study.get('reason')}")
         record = stack.record(study["study_key"])  # GPU seconds are finance's, not in a clinician's view
+        if record is None:
+            raise RuntimeError("the DONE study has no record")
         return {"upload_to_done_s": float(record["done_at"]) - t0, "boot_s": boot_s,
                 "queued_to_started_s": float(record["started_at"]) - float(record["queued_at"]),
                 "worker_s": float(record["gpu_seconds"])}

@@ -324,11 +324,14 @@ def _canonical_volume(hu: np.ndarray, spacing: tuple[float, float, float]) -> Vo
 # on a lung window): the right-lung mass beside the hilum is a finding; the faint density behind it is
 # indeterminate (haze or motion of the 4D acquisition) and counts neither for nor against the analyzer.
 # Every other label on the clean scan is a false positive.
-REAL_CT_FINDINGS = {"mass": ((70, 89), (225, 280), (145, 210))}
-REAL_CT_INDETERMINATE = {"posterior haze": ((70, 89), (276, 316), (148, 202))}
+REAL_CT_FINDINGS: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = {"mass": ((70, 89), (225, 280), (145, 210))}
+REAL_CT_INDETERMINATE: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = {"posterior haze": ((70, 89), (276, 316), (148, 202))}
 
 
-def _boxes(shape: tuple[int, ...], boxes: dict[str, tuple[tuple[int, int], ...]]) -> np.ndarray:
+Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+def _boxes(shape: tuple[int, ...], boxes: dict[str, Box]) -> np.ndarray:
     out = np.zeros(shape, bool)
     for (z0, z1), (y0, y1), (x0, x1) in boxes.values():
         out[z0:z1, y0:y1, x0:x1] = True
