@@ -155,12 +155,9 @@ def _lung_fragments(internal: torch.Tensor, lab: torch.Tensor, sizes: torch.Tens
     air_of_core.scatter_reduce_(0, ids, air_lab.flatten(), reduce="amax")  # every core lies in one air component
     lung_air = torch.zeros(int(air_lab.max()) + 1, dtype=torch.bool, device=lab.device)
     lung_air[air_of_core[keep]] = True
-    x = lab.shape[2]
-    xs = torch.arange(x, device=lab.device, dtype=torch.float32).expand_as(lab).flatten()
+    xs = torch.arange(lab.shape[2], device=lab.device, dtype=torch.float32).expand_as(lab).flatten()
     centre_x = torch.zeros(sizes.numel(), device=lab.device).scatter_add_(0, ids, xs) / sizes.clamp(min=1).float()
-    cols = chest.body.any(dim=0).any(dim=0)
-    idx = torch.nonzero(cols).squeeze(1).float() if bool(cols.any()) else torch.tensor([0.0, x - 1.0], device=lab.device)
-    mid, width = float(idx.min() + idx.max()) / 2.0, float(idx.max() - idx.min() + 1)
+    mid, width = _midline(chest.body)
     lateral = (centre_x - mid).abs() > p.airway_band_frac * width
     return small & lung_air[air_of_core] & lateral
 
@@ -172,6 +169,29 @@ def looks_like_lungs(chest: Chest, lung: torch.Tensor, p: Params) -> bool:
     # a phantom's air pockets) has no parenchyma and is no lung.
     gas_only = lung_ml > 0 and float(chest.grid.hu[lung].float().median()) < p.max_gas_median_hu
     return not (lung_ml < p.min_lung_ml or gas_only)
+
+
+def _midline(body: torch.Tensor) -> tuple[float, float]:
+    """The body's midline column and its width in columns, over the whole volume (the array's when empty)."""
+    x = body.shape[2]
+    cols = body.any(dim=0).any(dim=0)
+    if not bool(cols.any()):
+        return (x - 1) / 2.0, float(x)
+    idx = torch.nonzero(cols).squeeze(1).float()
+    return float(idx.min() + idx.max()) / 2.0, float(idx.max() - idx.min() + 1)
+
+
+def _slice_midlines(body_fill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per slice, the body's midline column and width, float ``(Z, 1)``; a slice without body: the array's."""
+    x = body_fill.shape[2]
+    xs = torch.arange(x, device=body_fill.device, dtype=torch.float32)
+    cols = body_fill.any(dim=1)  # (Z, X)
+    lo = torch.where(cols, xs, torch.full_like(xs, float(x))).amin(dim=1)
+    hi = torch.where(cols, xs, torch.full_like(xs, -1.0)).amax(dim=1)
+    has = cols.any(dim=1)
+    mid = torch.where(has, (lo + hi) / 2.0, torch.full_like(lo, (x - 1) / 2.0))
+    width = torch.where(has, hi - lo + 1, torch.full_like(lo, float(x)))
+    return mid[:, None], width[:, None]
 
 
 def split_sides(lung: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
@@ -193,12 +213,7 @@ def split_sides(lung: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
     """
     z, _, x = lung.shape
     xs = torch.arange(x, device=lung.device, dtype=torch.float32)
-    cols = body.any(dim=0).any(dim=0)
-    if bool(cols.any()):
-        idx = torch.nonzero(cols).squeeze(1).float()
-        mid, width = float(idx.min() + idx.max()) / 2.0, float(idx.max() - idx.min() + 1)
-    else:
-        mid, width = (x - 1) / 2.0, float(x)
+    mid, width = _midline(body)
     counts = lung.sum(dim=1).float()  # (Z, X)
     # Smooth across z so one slice's noise cannot jump the cut.
     counts = F.avg_pool1d(counts.T[None], 3, 1, 1, count_include_pad=False)[0].T
@@ -267,10 +282,7 @@ def _mediastinum(side_c: torch.Tensor, body_fill_c: torch.Tensor) -> torch.Tenso
     x = side_c.shape[2]
     xs = torch.arange(x, device=side_c.device, dtype=torch.float32)
     right, left = side_c == Side.RIGHT, side_c == Side.LEFT
-    cols = body_fill_c.any(dim=1)  # (Z, X)
-    lo = torch.where(cols, xs, torch.full_like(xs, float(x))).amin(dim=1)
-    hi = torch.where(cols, xs, torch.full_like(xs, -1.0)).amax(dim=1)
-    mid = torch.where(cols.any(dim=1), (lo + hi) / 2.0, torch.full_like(lo, (x - 1) / 2.0))[:, None]  # (Z, 1)
+    mid, _ = _slice_midlines(body_fill_c)  # (Z, 1)
     r_max = torch.where(right, xs, torch.full_like(xs, -1.0)).amax(dim=2)  # (Z, Y)
     l_min = torch.where(left, xs, torch.full_like(xs, float(x))).amin(dim=2)
     has_r, has_l = r_max >= 0, l_min < x
@@ -279,7 +291,8 @@ def _mediastinum(side_c: torch.Tensor, body_fill_c: torch.Tensor) -> torch.Tenso
     return (xs > r_edge[..., None]) & (xs < l_edge[..., None]) & (has_r | has_l)[..., None]
 
 
-def _pleural_cavity(side_c: torch.Tensor, body_fill_c: torch.Tensor, sp_c: tuple[float, float, float], p: Params) -> torch.Tensor:
+def _pleural_cavity(side_c: torch.Tensor, med: torch.Tensor, body_fill_c: torch.Tensor, sp_c: tuple[float, float, float],
+                    p: Params) -> torch.Tensor:
     """Side map of each lung's per-slice convex hull, minus the mediastinum.
 
     Large consolidations (wider than the closing) fill the space between the
@@ -287,10 +300,9 @@ def _pleural_cavity(side_c: torch.Tensor, body_fill_c: torch.Tensor, sp_c: tuple
     the convex hull of the aerated lung (of a thin slab, so a slice fully
     consolidated still has one) spans it; the chest wall is convex, so the
     hull stays inside it, and the concave medial side (heart, great vessels,
-    spine) is removed by the mediastinum.
+    spine) is removed by the mediastinum ``med`` (:func:`_mediastinum`).
     """
     slab = max(0, int(round(p.cavity_slab_mm / sp_c[0])))
-    med = _mediastinum(side_c, body_fill_c)
     out = torch.zeros(side_c.shape, dtype=torch.uint8, device=side_c.device)
     for s in (Side.RIGHT, Side.LEFT):
         m = side_c == s
@@ -309,8 +321,8 @@ def _mirrored_lungs(region: torch.Tensor, chest: Chest, excluded: torch.Tensor, 
     """The other lung, mirrored about the body's midline, where one lung has lost most of its outline.
 
     A consolidated lobe leaves no aerated lung to span: where, in the middle of the lungs' height,
-    one side's region is under ``p.mirror_ratio`` of the other side's mirrored, the mirrored other lung
-    (one voxel inside) stands for this one. Never in the anterior middle of the chest, where the heart
+    a slice row of one side's region holds under ``p.mirror_ratio`` of the other side's mirrored, the
+    mirrored other lung (two voxels inside) stands for this one. Never in the anterior middle of the chest, where the heart
     makes the two sides differ, nor where ``excluded`` (mediastinum, domes, skin, air) says no.
 
     Returns a uint8 side map on the coarse grid (0 where nothing is added).
@@ -319,17 +331,14 @@ def _mirrored_lungs(region: torch.Tensor, chest: Chest, excluded: torch.Tensor, 
     dev = region.device
     out = torch.zeros_like(region)
     present = torch.nonzero(region.flatten(1).any(dim=1)).squeeze(1)
-    cols = chest.body_fill.any(dim=1)  # (Z, X)
-    if present.numel() < 3 or not bool(cols.any()):
+    if present.numel() < 3 or not bool(chest.body_fill.any()):
         return out
     z0, z1 = int(present.min()), int(present.max())
     zs = torch.arange(z, device=dev)
     margin = p.mirror_skip_frac * (z1 - z0)
     middle = (zs >= z0 + margin) & (zs <= z1 - margin)
     xs = torch.arange(x, device=dev, dtype=torch.float32)
-    lo = torch.where(cols, xs, torch.full_like(xs, float(x))).amin(dim=1)
-    hi = torch.where(cols, xs, torch.full_like(xs, -1.0)).amax(dim=1)
-    mid, width = ((lo + hi) / 2.0)[:, None], (hi - lo + 1).clamp(min=1)[:, None]  # (Z, 1)
+    mid, width = _slice_midlines(chest.body_fill)  # (Z, 1)
     idx = (2.0 * mid - xs[None, :]).round().clamp(0, x - 1).long()  # (Z, X): the mirror of each column
     rows = chest.body_fill.any(dim=2).any(dim=0)
     ry = torch.nonzero(rows).squeeze(1).float() if bool(rows.any()) else torch.tensor([0.0, y - 1.0], device=dev)
@@ -379,10 +388,11 @@ def work_grid_lungs(chest: Chest, side: torch.Tensor, region: torch.Tensor, work
     tissue_c = chest.grid.hu > p.pv_dense_hu
     dome_c = _diaphragm_domes(tissue_c, region, sp_c, p)
     inner_w = upsample(erode(region > 0, (0, 1, 1)) & ~dome_c, cf, work.shape)
-    cavity_c = _pleural_cavity(side, chest.body_fill, sp_c, p)
-    no_lung = _mediastinum(side, chest.body_fill) | body_edge(chest.body, sp_c) | ~tissue_c | ~chest.body_fill
+    med_c, skin_c = _mediastinum(side, chest.body_fill), body_edge(chest.body, sp_c)
+    cavity_c = _pleural_cavity(side, med_c, chest.body_fill, sp_c, p)
+    no_lung = med_c | skin_c | ~tissue_c | ~chest.body_fill
     # Only solid coarse voxels: a coarse voxel half air, half wall is the lung's own border.
-    cavity_c[(region > 0) | dome_c | body_edge(chest.body, sp_c) | ~tissue_c] = 0
+    cavity_c[(region > 0) | dome_c | skin_c | ~tissue_c] = 0
     # The other lung's mirror is evidence of lung, also over tissue standing on the diaphragm.
     mirror_c = _mirrored_lungs(region, chest, no_lung, p)
     cavity_c[(mirror_c > 0) & (cavity_c == 0)] = mirror_c[(mirror_c > 0) & (cavity_c == 0)]

@@ -105,11 +105,19 @@ class Worker:
     _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="write"))
 
     def receive(self, wait_s: int) -> tuple[Queue, dict[str, Any]] | None:
-        """One message, urgent before backfill; None if both queues are empty."""
+        """One message, urgent before backfill; None if both queues are empty or the worker is stopping."""
         for queue, wait in ((self.urgent, 0), (self.backfill, 0), (self.urgent, wait_s)):
             if self.stop.is_set():
                 return None
             messages = queue.receive(max_messages=1, wait_s=wait)
+            if messages and self.stop.is_set():
+                # A termination or spot notice came during the long poll: the message goes back untouched,
+                # visible at once, before it is claimed; this machine takes no new work.
+                try:
+                    queue.set_visibility(messages[0]["ReceiptHandle"], 0)
+                except CtfleetError:  # it comes back when its visibility timeout ends
+                    log.warning("could not return a message received while stopping", exc_info=True)
+                return None
             if messages:
                 return queue, messages[0]
         return None
@@ -168,15 +176,6 @@ class Worker:
             self.stop.wait(2.0)
             return None
         if got is None:
-            return None
-        if self.stop.is_set():
-            # Stopping (a termination or spot notice came during the long poll): the message goes back
-            # untouched, visible at once, before it is claimed; this machine takes no new work.
-            queue, message = got
-            try:
-                queue.set_visibility(message["ReceiptHandle"], 0)
-            except CtfleetError:  # it comes back when its visibility timeout ends
-                log.warning("could not return a message received while stopping", exc_info=True)
             return None
         self._protect(True)
         return self._take(*got)

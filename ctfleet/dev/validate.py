@@ -181,7 +181,7 @@ class Lesion:
 
     @property
     def diameter_mm(self) -> float:
-        """Mean diameter; for a region, that of the sphere of the region's reference volume is used instead."""
+        """Mean diameter of the ellipsoid (0 for a region: :func:`evaluate_case` sizes a region by its reference volume)."""
         return 2.0 * float(np.mean(self.radii_mm))
 
 
@@ -324,11 +324,9 @@ def _canonical_volume(hu: np.ndarray, spacing: tuple[float, float, float]) -> Vo
 # on a lung window): the right-lung mass beside the hilum is a finding; the faint density behind it is
 # indeterminate (haze or motion of the 4D acquisition) and counts neither for nor against the analyzer.
 # Every other label on the clean scan is a false positive.
-REAL_CT_FINDINGS: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = {"mass": ((70, 89), (225, 280), (145, 210))}
-REAL_CT_INDETERMINATE: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = {"posterior haze": ((70, 89), (276, 316), (148, 202))}
-
-
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+REAL_CT_FINDINGS: dict[str, Box] = {"mass": ((70, 89), (225, 280), (145, 210))}
+REAL_CT_INDETERMINATE: dict[str, Box] = {"posterior haze": ((70, 89), (276, 316), (148, 202))}
 
 
 def _boxes(shape: tuple[int, ...], boxes: dict[str, Box]) -> np.ndarray:
@@ -351,8 +349,9 @@ def make_base(name: str, hu: np.ndarray, spacing: tuple[float, float, float], lu
     pre = np.zeros(hu.shape, bool)
     pre_zone = pre
     if lung is None:
-        pre = (pred >= Label.GGO) & _boxes(hu.shape, REAL_CT_FINDINGS)
-        pre_zone = dilate(torch.from_numpy(pre), (2, 2, 2)).numpy() | ((pred >= Label.GGO) & _boxes(hu.shape, REAL_CT_INDETERMINATE))
+        labelled = pred >= Label.GGO
+        pre = labelled & _boxes(hu.shape, REAL_CT_FINDINGS)
+        pre_zone = dilate(torch.from_numpy(pre), (2, 2, 2)).numpy() | (labelled & _boxes(hu.shape, REAL_CT_INDETERMINATE))
     side = reference_sides(ref_lung)
     base = Base(name, hu, spacing, ref_lung, side, pre, pre_zone)
     # Candidate centres: lung at least 8 mm (in-plane) / 4 mm (z) inside, 20 mm from findings.
