@@ -7,11 +7,16 @@ Dense disease counts as lung where the aerated lung encloses it in-plane
 (:func:`side_regions`), where the per-slice hull of that lung spans it
 (the pleural cavity), and, where one lung has lost most of its outline in a
 slice (a consolidated lobe), inside the other lung mirrored about the midline.
+Where a lesion has taken the lung's border, the hull is seeded with the border
+the lung had: on the chest wall at the other lung's mirrored depth below the
+skin (inside the ribs), beside the spine at the other lung's mirrored medial
+border.
 Masks are bool ``(Z, Y, X)``; side maps are uint8 with :class:`Side` values.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -259,7 +264,8 @@ def _diaphragm_domes(tissue: torch.Tensor, region: torch.Tensor, sp_c: tuple[flo
     """Tissue enclosed in-plane by the basal lung but continuous, straight up, with the tissue below the lungs.
 
     Diaphragm domes (and the heart on them), grown upward from the lung bases
-    through tissue, at most ``dome_mm`` high. Seeds only in the band of the
+    through tissue, at most ``dome_mm`` high, one voxel narrower per slice: a dome
+    narrows as it rises, a lesion standing on it widens. Seeds only in the band of the
     lung bases, so tissue beside a lesion on the chest wall higher up never
     counts as a dome.
     """
@@ -270,7 +276,7 @@ def _diaphragm_domes(tissue: torch.Tensor, region: torch.Tensor, sp_c: tuple[flo
     base_band[: z_base + 1] = True
     dome = tissue & (region == 0) & base_band
     for _ in range(2 * n_dome):
-        dome = dome | (tissue & shift(dome, 0, 1))
+        dome = dome | (tissue & shift(erode(dome, (0, 1, 1)), 0, 1))
     return dome
 
 
@@ -289,6 +295,143 @@ def _mediastinum(side_c: torch.Tensor, body_fill_c: torch.Tensor) -> torch.Tenso
     r_edge = torch.where(has_r, r_max, mid.expand_as(r_max))
     l_edge = torch.where(has_l, l_min, mid.expand_as(l_min))
     return (xs > r_edge[..., None]) & (xs < l_edge[..., None]) & (has_r | has_l)[..., None]
+
+
+def _skin_depth(body_fill: torch.Tensor, sp_c: tuple[float, float, float], max_mm: float) -> torch.Tensor:
+    """In-plane depth below the skin (mm, float ``(Z, Y, X)``), up to ``max_mm``: alternate box and cross erosions."""
+    depth = torch.zeros(body_fill.shape, dtype=torch.float32, device=body_fill.device)
+    m = body_fill
+    step = 0.5 * (sp_c[1] + sp_c[2])
+    for i in range(int(max_mm / step)):
+        if i % 2:
+            m = erode(m, (0, 1, 1))
+        else:
+            m = erode(m, (0, 1, 0)) & erode(m, (0, 0, 1))
+        if not bool(m.any()):
+            break
+        depth += m.float()
+    return depth * step
+
+
+@dataclass(frozen=True)
+class _Sectors:
+    """Per slice, ``n`` angular sectors round the body's centre: each voxel's flat (slice, sector) index."""
+
+    n: int
+    flat: torch.Tensor  # long (Z * Y * X,): slice * n + sector
+    centre: torch.Tensor  # (n,) sector directions in radians; +x the patient's left, +pi/2 posterior
+    cx: torch.Tensor  # (Z,) the body's centre column per slice
+
+    @staticmethod
+    def of(body: torch.Tensor, sp: tuple[float, float, float], n: int) -> "_Sectors":
+        z, y, x = body.shape
+        dev = body.device
+        ys = torch.arange(y, device=dev, dtype=torch.float32)[None, :, None]
+        xs = torch.arange(x, device=dev, dtype=torch.float32)[None, None, :]
+        count = body.sum(dim=(1, 2)).clamp(min=1).float()
+        cy = (body.float() * ys).sum(dim=(1, 2)) / count
+        cx = (body.float() * xs).sum(dim=(1, 2)) / count
+        theta = torch.atan2((ys - cy[:, None, None]) * sp[1], (xs - cx[:, None, None]) * sp[2])
+        b = ((theta + math.pi) / (2 * math.pi) * n).long().clamp(0, n - 1)
+        flat = (torch.arange(z, device=dev)[:, None, None] * n + b).flatten()
+        centre = -math.pi + (torch.arange(n, device=dev).float() + 0.5) * 2 * math.pi / n
+        return _Sectors(n, flat, centre, cx)
+
+    def reduce(self, values: torch.Tensor, fill: float, how: str) -> torch.Tensor:
+        """``amin`` or ``amax`` of ``values`` (float ``(Z, Y, X)``) per slice and sector, ``(Z, n)``."""
+        z = values.shape[0]
+        out = torch.full((z * self.n,), fill, device=values.device)
+        return out.scatter_reduce_(0, self.flat, values.flatten(), reduce=how).view(z, self.n)
+
+    def spread(self, per_sector: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """A ``(Z, n)`` value at every voxel of its sector."""
+        return per_sector.flatten()[self.flat].view(shape)
+
+
+def _wall_seeds(side_c: torch.Tensor, chest: Chest, p: Params) -> torch.Tensor:
+    """Where one lung has left the chest wall that the other lung, mirrored, still touches: its expected surface.
+
+    The chest wall is symmetric and about as thick at one level all round the lung. Per slice and
+    direction from the body's centre (``p.wall_bins`` sectors), the lung's nearest voxel to the skin
+    lies at the wall's depth, just inside the ribs. A lesion on the wall pushes that depth inward (or
+    takes the whole sector); where it lies more than ``p.wall_tol_mm`` deeper than the other lung's in
+    the mirrored sector (and than this side's ribs), the voxels at that depth are seeds of this lung's
+    outline. Not in front and behind, where the heart and the spine keep the lungs off the wall
+    unevenly, nor where the heart's apex meets the wall left and in front.
+    Returns a uint8 side map of the seeds.
+    """
+    out = torch.zeros_like(side_c)
+    body, sp = chest.body_fill, chest.grid.spacing_mm
+    if not bool(body.any()):
+        return out
+    depth = _skin_depth(body, sp, p.wall_max_mm)
+    sec = _Sectors.of(body, sp, int(p.wall_bins))
+    inf = float("inf")
+    obs = {s: sec.reduce(torch.where(side_c == s, depth, torch.full_like(depth, inf)), inf, "amin")
+           for s in (Side.RIGHT, Side.LEFT)}
+    bins = torch.arange(sec.n, device=side_c.device)
+    mirror = (sec.n // 2 - bins - 1) % sec.n
+    front = sec.centre + math.pi / 2  # 0 straight ahead, positive towards the patient's left
+    ant = front.abs() < math.radians(p.wall_skip_deg[0])
+    post = (sec.centre - math.pi / 2).abs() < math.radians(p.wall_skip_deg[1])
+    heart = (front >= 0) & (front < math.radians(p.wall_skip_deg[2]))
+    usable = {Side.RIGHT: ~(ant | post), Side.LEFT: ~(ant | post | heart)}
+    step = 0.5 * (sp[1] + sp[2])
+    # The deepest bone per sector, over a few slices (ribs run obliquely): the lung lies inside it.
+    bone = (chest.grid.hu > p.rib_hu) & body & (depth < p.wall_max_mm)
+    rib = sec.reduce(torch.where(bone, depth, torch.full_like(depth, -1.0)), -1.0, "amax")
+    kz = 2 * max(1, int(round(p.rib_z_mm / sp[0]))) + 1
+    rib = F.max_pool1d(rib.T[None], kz, 1, kz // 2)[0].T
+    xs = torch.arange(side_c.shape[2], device=side_c.device, dtype=torch.float32)[None, None, :]
+    for s, o in ((Side.RIGHT, Side.LEFT), (Side.LEFT, Side.RIGHT)):
+        want = torch.maximum(obs[o][:, mirror], rib + step)  # (Z, n)
+        lost = torch.isfinite(want) & (obs[s] > want + p.wall_tol_mm) & (want < p.wall_max_mm - step) & usable[s][None, :]
+        on_side = (xs < sec.cx[:, None, None]) if s == Side.RIGHT else (xs > sec.cx[:, None, None])
+        want_v = sec.spread(want, side_c.shape)
+        seed = sec.spread(lost, side_c.shape) & on_side & body & (depth >= want_v) & (depth < want_v + 1.5 * step)
+        out[seed & (out == 0)] = s
+    return out
+
+
+def _medial_seeds(side_c: torch.Tensor, chest: Chest, p: Params) -> torch.Tensor:
+    """Beside the spine, where one lung's medial border lies far off the other's mirrored: its expected border.
+
+    Beside the spine the lungs' medial borders are about symmetric: per slice row from the front of
+    the vertebral body back, a lung whose most medial voxel lies more than ``p.medial_tol_mm`` further from the
+    body's midline than the other lung's (or that has none in the row) has lost its medial part to a
+    lesion; the other lung's medial border, mirrored, is a seed of its outline. The tolerance exceeds
+    the aorta's width, which moves the left border out. Returns a uint8 side map of the seeds.
+    """
+    z, y, x = side_c.shape
+    dev = side_c.device
+    out = torch.zeros_like(side_c)
+    body = chest.body_fill
+    if not bool(body.any()):
+        return out
+    xs = torch.arange(x, device=dev, dtype=torch.float32)
+    ys = torch.arange(y, device=dev, dtype=torch.float32)
+    inf = float("inf")
+    mid, width = _slice_midlines(body)  # (Z, 1)
+    n = body.sum(dim=(1, 2)).clamp(min=1).float()
+    cy = (body.float() * ys[None, :, None]).sum(dim=(1, 2)) / n  # (Z,)
+    # From the front of the vertebral body back: the bone near the midline behind the body's centre.
+    spine = (chest.grid.hu > p.rib_hu) & ((xs[None, :] - mid).abs() < p.spine_band_frac * width)[:, None, :]
+    spine &= (ys[None, :] > cy[:, None])[:, :, None]
+    front = torch.where(spine.any(dim=2), ys[None, :].expand(z, y), torch.full((z, y), inf, device=dev)).amin(dim=1)
+    posterior = ys[None, :] >= front[:, None]  # (Z, Y); a slice without spine: none
+    sp_x = chest.grid.spacing_mm[2]
+    dist = {}
+    for s in (Side.RIGHT, Side.LEFT):
+        d = (mid - xs[None, :]) if s == Side.RIGHT else (xs[None, :] - mid)  # (Z, X): distance from the midline
+        d = torch.where(d[:, None, :] > 0, d[:, None, :].expand(z, y, x), torch.full((1, 1, 1), inf, device=dev))
+        dist[s] = torch.where(side_c == s, d, torch.full_like(d, inf)).amin(dim=2)  # (Z, Y)
+    for s, o in ((Side.RIGHT, Side.LEFT), (Side.LEFT, Side.RIGHT)):
+        want = dist[o]
+        lost = posterior & torch.isfinite(want) & (dist[s] > want + p.medial_tol_mm / sp_x)
+        col = (mid - want) if s == Side.RIGHT else (mid + want)  # (Z, Y)
+        seed = lost[..., None] & ((xs[None, None, :] - col[..., None]).abs() <= 0.5) & body
+        out[seed & (out == 0)] = s
+    return out
 
 
 def _pleural_cavity(side_c: torch.Tensor, med: torch.Tensor, body_fill_c: torch.Tensor, sp_c: tuple[float, float, float],
@@ -388,8 +531,14 @@ def work_grid_lungs(chest: Chest, side: torch.Tensor, region: torch.Tensor, work
     tissue_c = chest.grid.hu > p.pv_dense_hu
     dome_c = _diaphragm_domes(tissue_c, region, sp_c, p)
     inner_w = upsample(erode(region > 0, (0, 1, 1)) & ~dome_c, cf, work.shape)
-    med_c, skin_c = _mediastinum(side, chest.body_fill), body_edge(chest.body, sp_c)
-    cavity_c = _pleural_cavity(side, med_c, chest.body_fill, sp_c, p)
+    # Where a lesion has taken the lung's border, seeds of the border it had: beside the spine (which
+    # also move the mediastinum's edge) and on the chest wall.
+    medial_c = _medial_seeds(side, chest, p)
+    seeded = torch.where(medial_c > 0, medial_c, side)
+    med_c, skin_c = _mediastinum(seeded, chest.body_fill), body_edge(chest.body, sp_c)
+    wall_c = _wall_seeds(side, chest, p)
+    seeded = torch.where(wall_c > 0, wall_c, seeded)
+    cavity_c = _pleural_cavity(seeded, med_c, chest.body_fill, sp_c, p)
     no_lung = med_c | skin_c | ~tissue_c | ~chest.body_fill
     # Only solid coarse voxels: a coarse voxel half air, half wall is the lung's own border.
     cavity_c[(region > 0) | dome_c | skin_c | ~tissue_c] = 0

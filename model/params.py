@@ -36,6 +36,14 @@ class Params:
     pv_sheet_mm: tuple[float, float] = (8.0, 4.0)  # GGO this thin on the lung wall (along z, in-plane) is partial volume
     mirror_ratio: float = 0.45  # one lung's region under this share of the other's mirrored: it has lost its outline
     mirror_skip_frac: float = 0.15  # not in this share of the lungs' height at the base and the apex (uneven domes)
+    wall_bins: int = 72  # sectors round the body's centre in which the chest wall's depth is compared
+    wall_tol_mm: float = 10.0  # a lung this much deeper from the skin than the mirrored other lung has left the wall
+    wall_max_mm: float = 80.0  # the chest wall is never thicker (skin depth is followed this far)
+    wall_skip_deg: tuple[float, float, float] = (35.0, 30.0, 72.0)  # anterior, posterior half-angles, the heart's sector left of front
+    rib_hu: float = 150.0  # bone on the coarse grid (ribs)
+    rib_z_mm: float = 12.0  # ribs are looked for this far above and below (they run obliquely)
+    medial_tol_mm: float = 30.0  # beside the spine, a medial border this much further out than the other's mirrored is lost
+    spine_band_frac: float = 0.06  # the vertebral body lies within this share of the body's width of its midline
     cavity_slab_mm: float = 4.0  # the per-slice lung hull uses the aerated lung this far above and below
 
 
