@@ -29,7 +29,8 @@ from .device import resolve_device, use_all_cores
 from .grid import reduce_grid
 from .labels import Flag, Label
 from .lesions import label_lesions
-from .lungs import aerated_lungs, find_body, looks_like_lungs, one_lung_only, side_regions, split_sides, work_grid_lungs
+from .lungs import (aerated_lungs, find_body, looks_like_lungs, one_lung_only, partial_coverage, side_regions, split_sides,
+                    work_grid_lungs)
 from .morphology import upsample
 from .orientation import CanonicalVolume, canonical_orientation, canonical_volume, from_canonical, to_canonical
 from .overlay import render_overlays
@@ -123,7 +124,9 @@ def analyze(volume: Volume, device: str | torch.device = "auto", *, high_thresho
         ``{total, zones}`` (percent of lung volume), ``severity_score`` (0-24),
         ``score`` (0-1, see :func:`model.report.score_from_involvement`), ``triage_level``,
         ``timings_s``, ``device`` and ``flags``. When no plausible lungs are
-        found, ``flags`` holds ``"not_a_chest"``, the score is 0 and the level LOW.
+        found, ``flags`` holds ``"not_a_chest"``, the score is 0 and the level LOW;
+        ``"partial_coverage"`` when the lungs run into the first or last slice
+        (lung bases of an abdominal CT, part of a chest: the score covers what was scanned).
 
     Raises
     ------
@@ -161,6 +164,8 @@ def _segment(view: CanonicalVolume, p: Params, watch: Stopwatch) -> Segmentation
     # Left/right: per slice, cut at the emptiest column near the body's midline.
     side_c = split_sides(lung_c, chest.body)
     flags = [Flag.ONE_LUNG_ONLY] if one_lung_only(side_c, coarse.voxel_ml) else []
+    if partial_coverage(lung_c):
+        flags.append(Flag.PARTIAL_COVERAGE)
     region_c = side_regions(chest, side_c, p)
     watch.lap("split")
     region_w, lung_w = work_grid_lungs(chest, side_c, region_c, work, p)

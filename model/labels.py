@@ -30,3 +30,4 @@ class Flag:
 
     NOT_A_CHEST = "not_a_chest"  # no plausible lungs: no labels, score 0, level LOW
     ONE_LUNG_ONLY = "one_lung_only"  # one side has under a tenth of the other's lung volume
+    PARTIAL_COVERAGE = "partial_coverage"  # the lungs run into the first or last slice: apices or bases not scanned

@@ -34,6 +34,7 @@ __all__ = [
     "find_body",
     "looks_like_lungs",
     "one_lung_only",
+    "partial_coverage",
     "side_regions",
     "split_sides",
     "work_grid_lungs",
@@ -130,6 +131,11 @@ def aerated_lungs(chest: Chest, p: Params) -> torch.Tensor:
     lung = torch.zeros_like(core)
     if sizes.numel() > 1:
         keep = sizes >= max(float(sizes.max()) * p.min_lung_part_frac, 20.0 / chest.grid.voxel_ml)
+        # A scan that stops inside the lungs cuts them to thin crescents: smaller cores that run into
+        # the first or last slice count (gas-only "lungs" fail looks_like_lungs).
+        cut = torch.zeros_like(keep)
+        cut[torch.unique(torch.cat([lab[0].flatten(), lab[-1].flatten()]))] = True
+        keep |= cut & (sizes >= p.min_lung_fragment_ml / chest.grid.voxel_ml)
         keep[0] = False
         keep |= _lung_fragments(internal, lab, sizes, keep, chest, p)
         lung = keep[lab]
@@ -167,13 +173,23 @@ def _lung_fragments(internal: torch.Tensor, lab: torch.Tensor, sizes: torch.Tens
     return small & lung_air[air_of_core] & lateral
 
 
+def partial_coverage(lung: torch.Tensor) -> bool:
+    """Whether the lung mask runs into the volume's first or last slice: the scan stops inside the lungs."""
+    return lung.shape[0] > 0 and bool(lung[0].any() or lung[-1].any())
+
+
 def looks_like_lungs(chest: Chest, lung: torch.Tensor, p: Params) -> bool:
-    """Whether ``lung`` (coarse bool mask) is large enough and holds parenchyma, not gas only."""
+    """Whether ``lung`` (coarse bool mask) is large enough and holds parenchyma, not gas only.
+
+    Lungs the scan cuts (:func:`partial_coverage`: the bases of an abdominal CT, part of a chest)
+    need only ``p.min_partial_lung_ml``.
+    """
     lung_ml = float(lung.sum()) * chest.grid.voxel_ml
     # Lung parenchyma is air plus tissue (about -850 HU); pure gas (bowel,
     # a phantom's air pockets) has no parenchyma and is no lung.
     gas_only = lung_ml > 0 and float(chest.grid.hu[lung].float().median()) < p.max_gas_median_hu
-    return not (lung_ml < p.min_lung_ml or gas_only)
+    least = p.min_partial_lung_ml if partial_coverage(lung) else p.min_lung_ml
+    return not (lung_ml < least or gas_only)
 
 
 def _midline(body: torch.Tensor) -> tuple[float, float]:

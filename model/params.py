@@ -21,6 +21,7 @@ class Params:
     body_open_mm: float = 6.0  # cuts blankets and thin bridges to the table
     airway_erode_mm: float = 8.0  # removes trachea (r ~ 9 mm) links and main bronchi (r ~ 6 mm)
     min_lung_ml: float = 300.0  # less than this is not a pair of lungs
+    min_partial_lung_ml: float = 100.0  # ... unless the scan cuts them (lung in its first or last slice)
     min_lung_part_frac: float = 0.15  # lung cores smaller than this x largest are gut gas etc.
     min_lung_fragment_ml: float = 2.0  # a smaller piece of a lung's core, cut off by opacities, is let go
     airway_band_frac: float = 0.15  # the trachea and main bronchi lie within this share of the body's width of its midline

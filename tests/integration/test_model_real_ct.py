@@ -86,3 +86,17 @@ def test_prone_flip_agrees(volume: Volume, clean) -> None:
     assert a2.report["lung_volume_ml"] == clean.report["lung_volume_ml"]
     assert a2.report["involvement_pct"] == clean.report["involvement_pct"]
     assert np.array_equal(a2.labels[:, ::-1, :], clean.labels)
+
+
+@pytest.mark.parametrize("part", ["bases", "apices"])
+def test_partial_coverage_finds_the_lung_that_is_there(volume: Volume, clean, part: str) -> None:
+    # An abdominal CT shows the lung bases only; a short scan may stop below the apices. Cut the real CT so:
+    # the lung there is found (not "not_a_chest") and the report says the coverage is partial.
+    lung_z = np.nonzero((clean.labels > 0).any(axis=(1, 2)))[0]  # z runs inferior -> superior here
+    n = int(round(40.0 / volume.spacing_mm[0]))  # 40 mm of lung
+    cut = slice(0, int(lung_z.min()) + n) if part == "bases" else slice(int(lung_z.max()) + 1 - n, None)
+    sub = Volume.from_spacing(np.ascontiguousarray(volume.hu[cut]), volume.spacing_mm)
+    a = analyze(sub, "cpu")
+    assert "partial_coverage" in a.report["flags"] and "not_a_chest" not in a.report["flags"]
+    found, there = int((a.labels > 0).sum()), int((clean.labels[cut] > 0).sum())
+    assert 0.75 <= found / there <= 1.1
