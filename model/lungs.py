@@ -215,6 +215,15 @@ def _slice_midlines(body_fill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return mid[:, None], width[:, None]
 
 
+def _slice_centroids(body: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per slice, the body's centre row and column, float ``(Z,)`` each (0 for a slice without body)."""
+    _, y, x = body.shape
+    ys = torch.arange(y, device=body.device, dtype=torch.float32)[None, :, None]
+    xs = torch.arange(x, device=body.device, dtype=torch.float32)[None, None, :]
+    count = body.sum(dim=(1, 2)).clamp(min=1).float()
+    return (body.float() * ys).sum(dim=(1, 2)) / count, (body.float() * xs).sum(dim=(1, 2)) / count
+
+
 def split_sides(lung: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
     """Side map of the lung mask: :attr:`Side.RIGHT` (smaller X), :attr:`Side.LEFT` (larger X).
 
@@ -344,9 +353,7 @@ class _Sectors:
         dev = body.device
         ys = torch.arange(y, device=dev, dtype=torch.float32)[None, :, None]
         xs = torch.arange(x, device=dev, dtype=torch.float32)[None, None, :]
-        count = body.sum(dim=(1, 2)).clamp(min=1).float()
-        cy = (body.float() * ys).sum(dim=(1, 2)) / count
-        cx = (body.float() * xs).sum(dim=(1, 2)) / count
+        cy, cx = _slice_centroids(body)
         theta = torch.atan2((ys - cy[:, None, None]) * sp[1], (xs - cx[:, None, None]) * sp[2])
         b = ((theta + math.pi) / (2 * math.pi) * n).long().clamp(0, n - 1)
         flat = (torch.arange(z, device=dev)[:, None, None] * n + b).flatten()
@@ -394,7 +401,7 @@ def _wall_seeds(side_c: torch.Tensor, chest: Chest, p: Params) -> torch.Tensor:
     usable = {Side.RIGHT: ~(ant | post), Side.LEFT: ~(ant | post | heart)}
     step = 0.5 * (sp[1] + sp[2])
     # The deepest bone per sector, over a few slices (ribs run obliquely): the lung lies inside it.
-    bone = (chest.grid.hu > p.rib_hu) & body & (depth < p.wall_max_mm)
+    bone = (chest.grid.hu > p.bone_hu) & body & (depth < p.wall_max_mm)
     rib = sec.reduce(torch.where(bone, depth, torch.full_like(depth, -1.0)), -1.0, "amax")
     kz = 2 * max(1, int(round(p.rib_z_mm / sp[0]))) + 1
     rib = F.max_pool1d(rib.T[None], kz, 1, kz // 2)[0].T
@@ -428,10 +435,9 @@ def _medial_seeds(side_c: torch.Tensor, chest: Chest, p: Params) -> torch.Tensor
     ys = torch.arange(y, device=dev, dtype=torch.float32)
     inf = float("inf")
     mid, width = _slice_midlines(body)  # (Z, 1)
-    n = body.sum(dim=(1, 2)).clamp(min=1).float()
-    cy = (body.float() * ys[None, :, None]).sum(dim=(1, 2)) / n  # (Z,)
+    cy, _ = _slice_centroids(body)
     # From the front of the vertebral body back: the bone near the midline behind the body's centre.
-    spine = (chest.grid.hu > p.rib_hu) & ((xs[None, :] - mid).abs() < p.spine_band_frac * width)[:, None, :]
+    spine = (chest.grid.hu > p.bone_hu) & ((xs[None, :] - mid).abs() < p.spine_band_frac * width)[:, None, :]
     spine &= (ys[None, :] > cy[:, None])[:, :, None]
     front = torch.where(spine.any(dim=2), ys[None, :].expand(z, y), torch.full((z, y), inf, device=dev)).amin(dim=1)
     posterior = ys[None, :] >= front[:, None]  # (Z, Y); a slice without spine: none

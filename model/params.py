@@ -41,7 +41,7 @@ class Params:
     wall_tol_mm: float = 10.0  # a lung this much deeper from the skin than the mirrored other lung has left the wall
     wall_max_mm: float = 80.0  # the chest wall is never thicker (skin depth is followed this far)
     wall_skip_deg: tuple[float, float, float] = (35.0, 30.0, 72.0)  # anterior, posterior half-angles, the heart's sector left of front
-    rib_hu: float = 150.0  # bone on the coarse grid (ribs)
+    bone_hu: float = 150.0  # bone on the coarse grid (ribs, the vertebral body)
     rib_z_mm: float = 12.0  # ribs are looked for this far above and below (they run obliquely)
     medial_tol_mm: float = 30.0  # beside the spine, a medial border this much further out than the other's mirrored is lost
     spine_band_frac: float = 0.06  # the vertebral body lies within this share of the body's width of its midline
