@@ -10,9 +10,10 @@ the same code runs on CPU and CUDA. It works on two reduced grids
   lung/airway separation, where connected components are cheap (:mod:`model.lungs`).
 
 Everything happens in canonical orientation (:mod:`model.orientation`). The
-labels are measured on the grid they were made on (:mod:`model.report`),
-upsampled by voxel repetition to the input grid and drawn as overlays
-(:mod:`model.overlay`) by :func:`finish`, which external labels go through too
+work grid's labels go back to the input grid with every boundary re-decided
+there from the image's own HU (:mod:`model.refine`); they are measured
+(:mod:`model.report`) and drawn as overlays (:mod:`model.overlay`) on the
+input grid by :func:`finish`, which external labels go through too
 (:func:`analysis_from_labels`, the exported networks of :mod:`model.exported`).
 """
 
@@ -31,10 +32,10 @@ from .labels import Flag, Label
 from .lesions import label_lesions
 from .lungs import (aerated_lungs, find_body, looks_like_lungs, one_lung_only, partial_coverage, side_regions, split_sides,
                     work_grid_lungs)
-from .morphology import upsample
 from .orientation import CanonicalVolume, canonical_orientation, canonical_volume, from_canonical, to_canonical
 from .overlay import render_overlays
 from .params import PARAMS, Params
+from .refine import refine_labels
 from .report import Measurements, build_report, measure
 from .timing import Stopwatch
 from .volume import Volume
@@ -52,7 +53,7 @@ __all__ = [
 # Bump whenever any threshold (model.params), step or formula of the built-in
 # analyzer changes: results are stored under the model version, so a stale
 # version would mix outputs.
-MODEL_VERSION = "lungseg-0.5.0"
+MODEL_VERSION = "lungseg-0.6.0"
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class Analysis:
 
 @dataclass(frozen=True)
 class Segmentation:
-    """Labels in canonical orientation, on the grid they were made on, ready for :func:`finish`.
+    """Labels in canonical orientation, on the input grid, ready for :func:`finish`.
 
     Attributes
     ----------
@@ -89,8 +90,9 @@ class Segmentation:
         when the volume is not a chest.
     spacing_mm : tuple of float
         ``(z, y, x)`` voxel size of that grid in mm.
-    factors : tuple of int
-        Input-grid voxels per voxel of that grid (voxel repetition back to it).
+    work : (torch.Tensor, tuple of int) or None
+        The labels on the coarser grid these were refined from, and its factors (input voxels per
+        voxel): the overlays count lung and lesion per slice there to pick what to draw.
     flags : list of str
         :class:`Flag` values for the report.
     """
@@ -98,8 +100,8 @@ class Segmentation:
     labels: torch.Tensor
     sides: torch.Tensor | None
     spacing_mm: tuple[float, float, float]
-    factors: tuple[int, int, int] = (1, 1, 1)
     flags: list[str] = field(default_factory=list)
+    work: tuple[torch.Tensor, tuple[int, int, int]] | None = None
 
 
 def analyze(volume: Volume, device: str | torch.device = "auto", *, high_threshold: float = 0.85) -> Analysis:
@@ -149,7 +151,7 @@ def analyze(volume: Volume, device: str | torch.device = "auto", *, high_thresho
 
 
 def _segment(view: CanonicalVolume, p: Params, watch: Stopwatch) -> Segmentation:
-    """Body, lungs, their sides and the lesions: the built-in analyzer's labels, on the work grid."""
+    """Body, lungs, their sides and the lesions: the built-in analyzer's labels, found on the work grid, refined on the input grid."""
     work = reduce_grid(view, p.work_mm)
     coarse = reduce_grid(work, p.coarse_mm)
     watch.lap("prepare")
@@ -171,24 +173,16 @@ def _segment(view: CanonicalVolume, p: Params, watch: Stopwatch) -> Segmentation
     region_w, lung_w = work_grid_lungs(chest, side_c, region_c, work, p)
     labels_w = label_lesions(work, lung_w, p)
     watch.lap("lesions")
-    return Segmentation(labels_w, region_w, work.spacing_mm, work.factors, flags)
-
-
-def _on_input_grid(
-    seg: Segmentation, shape: tuple[int, int, int]
-) -> tuple[torch.Tensor, tuple[torch.Tensor, tuple[int, int, int]] | None]:
-    """The labels upsampled to the canonical input grid ``shape``, and the grid they came from when exact."""
-    if seg.labels.shape == shape:
-        return seg.labels, None
-    full = upsample(seg.labels, seg.factors, shape)
-    exact = all(n * f <= s for n, f, s in zip(seg.labels.shape, seg.factors, shape))  # padded, never cropped
-    return full, ((seg.labels, seg.factors) if exact else None)
+    labels, sides = refine_labels(view.hu, work.hu, labels_w, region_w, work.factors, p)
+    watch.lap("refine")
+    exact = all(n * f <= s for n, f, s in zip(labels_w.shape, work.factors, view.shape))  # padded, never cropped
+    return Segmentation(labels, sides, view.spacing_mm, flags, (labels_w, work.factors) if exact else None)
 
 
 def finish(
     volume: Volume, view: CanonicalVolume, seg: Segmentation, watch: Stopwatch, *, high_threshold: float, model_version: str
 ) -> Analysis:
-    """Measure on the grid the labels were made on, upsample, render overlays, build the report.
+    """Measure the labels, render overlays, return them in the input orientation, build the report.
 
     Parameters
     ----------
@@ -215,11 +209,10 @@ def finish(
         m = measure(seg.labels, seg.sides, seg.spacing_mm)
     watch.lap("measure")
     with torch.inference_mode():
-        labels_full, grid = _on_input_grid(seg, view.shape)
-        overlays = render_overlays(view.hu, labels_full, view.spacing_mm, view.orientation, grid)
+        overlays = render_overlays(view.hu, seg.labels, view.spacing_mm, view.orientation, seg.work)
         watch.lap("overlays")
-        labels_np = from_canonical(labels_full, view.orientation).contiguous().cpu().numpy()
-        watch.lap("upsample")
+        labels_np = from_canonical(seg.labels, view.orientation).contiguous().cpu().numpy()
+        watch.lap("orient")
     watch.record_total()
     report = build_report(volume, m, seg.flags, high_threshold=high_threshold, model_version=model_version,
                           timings=watch.timings, device=watch.device)

@@ -106,7 +106,7 @@ def _profiles(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lung voxels per slice, lesion voxels per slice, lung voxels per row (``Y``) of a ``(Z, Y, X)`` label map.
 
-    With ``grid`` (the labels before upsampling, and the factors), counted there.
+    With ``grid`` (the labels on the coarser grid they were made from, and the factors), counted there.
     """
     nz, ny, _ = labels.shape
     if grid is None:
@@ -155,9 +155,9 @@ def render_overlays(
     orient : model.orientation.Orientation
         Used to name axial slices by their index in the input array.
     grid : (torch.Tensor, tuple of int), optional
-        The labels on the grid ``labels`` was upsampled from (by voxel
-        repetition, zero padded) and the factors; per-slice counts are then
-        taken there, exactly, instead of over the full volume.
+        The labels on the coarser grid ``labels`` was made from (voxel
+        repetition, zero padded, edges refined) and the factors; the
+        per-slice counts that pick the slices are then taken there, cheaply.
 
     Returns
     -------

@@ -1,0 +1,151 @@
+"""Boundaries at the image's own resolution: the work grid's labels, re-decided voxel by voxel along their edges.
+
+The analyzer finds the lungs and the lesions on the work grid (about 2 mm). Repeated back to
+the input grid, a 0.7 mm image would show their edges as 2 mm stairs. Near every boundary of
+the work grid (work voxels with another label within one work voxel), each input voxel is given
+the label, among those found round it on the work grid, whose mean HU there lies nearest its own
+HU: the edge falls halfway between the two sides' densities (half maximum), where a blurred step
+edge really is, so the outline follows the image without growing or shrinking what was found.
+Where the lung meets what is not lung, aerated voxels are lung and tissue beside normal lung is
+the wall; where HU cannot tell (a consolidation on the chest wall or the mediastinum: tissue
+against tissue) the work grid's label stays. No label appears where the work grid had none near,
+so nothing is found here, only outlined.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .labels import Label
+from .morphology import dilate, upsample
+from .params import Params
+
+__all__ = ["refine_labels"]
+
+_LUNG_LABELS = (Label.LUNG, Label.GGO, Label.CONSOLIDATION)
+
+
+def _present(labels_w: torch.Tensor, reach: tuple[int, int, int]) -> torch.Tensor:
+    """uint8 bit set per work voxel: bit ``L`` when label ``L`` lies within ``reach`` work voxels (box)."""
+    bits = torch.zeros_like(labels_w)
+    for lab in (Label.BACKGROUND, *_LUNG_LABELS):
+        bits |= dilate(labels_w == lab, reach).to(torch.uint8) << lab
+    return bits
+
+
+def _neighbours(at: torch.Tensor, shape_w: tuple[int, ...], reach: tuple[int, int, int]) -> torch.Tensor:
+    """Flat indices ``(n, k)`` of the work voxels within ``reach`` (box, clamped at the border) of each of ``at``."""
+    zw, yw, xw = shape_w
+    z, y, x = at // (yw * xw), (at // xw) % yw, at % xw
+    out = []
+    for dz in range(-reach[0], reach[0] + 1):
+        for dy in range(-reach[1], reach[1] + 1):
+            for dx in range(-reach[2], reach[2] + 1):
+                zz, yy, xx = (z + dz).clamp(0, zw - 1), (y + dy).clamp(0, yw - 1), (x + dx).clamp(0, xw - 1)
+                out.append((zz * yw + yy) * xw + xx)
+    return torch.stack(out, dim=1)
+
+
+def _class_means(hu_w: torch.Tensor, labels_w: torch.Tensor, edge_w: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
+    """Per band work voxel, each label's mean work-grid HU among its neighbours ``nb``, float ``(n, 4)`` (nan: absent).
+
+    Each side's density away from the edge: neighbours off the boundary (``~edge_w``) where the label has
+    any, else all of its neighbours (a lesion too small to have an inside).
+    """
+    lab = labels_w.flatten()[nb].long()  # (n, k)
+    hu = hu_w.flatten()[nb].float()[..., None]
+    one = torch.nn.functional.one_hot(lab, Label.CONSOLIDATION + 1).float()  # (n, k, 4)
+    inner = one * (~edge_w.flatten()[nb])[..., None].float()
+    n_inner = inner.sum(dim=1)
+    mean_inner = (inner * hu).sum(dim=1) / n_inner
+    mean_all = (one * hu).sum(dim=1) / one.sum(dim=1)  # 0 / 0 = nan where absent
+    return torch.where(n_inner > 0, mean_inner, mean_all)
+
+
+def _decide(hu: torch.Tensor, nearest: torch.Tensor, means: torch.Tensor, p: Params) -> torch.Tensor:
+    """Labels ``(n, m)`` of the input voxels of ``n`` band work voxels.
+
+    ``hu`` and ``nearest`` (the work grid's label) per input voxel; ``means`` ``(n, 4)``, each label's mean HU
+    round the work voxel (nan where that label is absent).
+    """
+    out = nearest.clone()
+    # Lung or not, where the lung meets what is not lung: aerated voxels are lung, tissue beside
+    # normal lung is the wall; tissue of a lesion on the wall stays the lesion's.
+    bg = ~torch.isnan(means[:, Label.BACKGROUND])[:, None]
+    lesion = nearest >= Label.GGO
+    in_lung = torch.where(bg, (hu < p.air_hu) | lesion, nearest > 0)
+    out[~in_lung] = Label.BACKGROUND
+    # Inside the lung: the lung label whose mean HU round here is nearest (the half-maximum edge
+    # between them); denser than any lesion (a vessel) or tissue on the wall: as the work grid had it.
+    lung_means = means[:, None, Label.LUNG:]  # (n, 1, 3)
+    dist = (hu[..., None] - lung_means).abs()
+    dist = torch.where(torch.isnan(dist), torch.full_like(dist, float("inf")), dist)
+    best = (dist.argmin(dim=2) + Label.LUNG).to(out.dtype)
+    free = in_lung & (hu <= p.consolidation_hu[1]) & ~(bg & (hu >= p.air_hu)) & torch.isfinite(dist.amin(dim=2))
+    out[free] = best[free]
+    # Below the ground-glass window nothing is a lesion, whatever lies round it.
+    out[in_lung & (hu < p.ggo_hu[0])] = Label.LUNG
+    grown = in_lung & ~free & (nearest == Label.BACKGROUND)
+    out[grown] = Label.LUNG
+    return out
+
+
+def refine_labels(hu: torch.Tensor, hu_w: torch.Tensor, labels_w: torch.Tensor, sides_w: torch.Tensor,
+                  factors: tuple[int, int, int], p: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    """The work grid's labels and side map on the input grid, with every boundary re-decided at full resolution.
+
+    Parameters
+    ----------
+    hu, hu_w : torch.Tensor
+        HU ``(Z, Y, X)`` on the input grid and on the work grid (its block means), canonical orientation.
+    labels_w, sides_w : torch.Tensor
+        uint8 work-grid labels (:class:`model.labels.Label`) and side map (:class:`model.lungs.Side`).
+    factors : tuple of int
+        Input voxels per work voxel along ``(z, y, x)``.
+    p : Params
+        HU thresholds (``air_hu``, ``consolidation_hu``).
+
+    Returns
+    -------
+    labels, sides : torch.Tensor
+        uint8 ``(Z, Y, X)`` on the input grid; every lung voxel has a side.
+    """
+    shape = (int(hu.shape[0]), int(hu.shape[1]), int(hu.shape[2]))
+    labels = upsample(labels_w, factors, shape)
+    sides = upsample(sides_w, factors, shape)
+    if tuple(factors) != (1, 1, 1):
+        reach = (1 if factors[0] > 1 else 0, 1, 1)
+        bits_w = _present(labels_w, reach)
+        # The input voxels of the work voxels with more than one label near: the boundary band.
+        edge_w = (bits_w & (bits_w - 1)) > 0
+        at = torch.nonzero(edge_w.flatten()).squeeze(1)
+        # Each side's density, from work voxels up to two away.
+        nb_far = _neighbours(at, tuple(labels_w.shape), (reach[0], 2, 2))
+        zf, yf, xf = _block_voxels(at, tuple(labels_w.shape), factors)
+        n = zf.shape[1]
+        near = labels_w.flatten()[at][:, None].expand(-1, n)
+        means = _class_means(hu_w, labels_w, edge_w, nb_far)
+        labs = torch.arange(Label.CONSOLIDATION + 1, device=at.device)
+        near_labels = ((bits_w.flatten()[at][:, None] >> labs) & 1).bool()  # (n, 4): the labels one work voxel round
+        means = torch.where(near_labels, means, torch.full_like(means, float("nan")))
+        decided = _decide(hu[zf, yf, xf].float(), near, means, p)
+        labels[zf, yf, xf] = decided
+        # A voxel added to the lung outside the side map takes the side of the work voxels round it.
+        side_blk = sides[zf, yf, xf]
+        orphan = (decided > 0) & (side_blk == 0)
+        if bool(orphan.any()):
+            side_near = sides_w.flatten()[_neighbours(at, tuple(labels_w.shape), reach)].amax(dim=1)
+            sides[zf, yf, xf] = torch.where(orphan, side_near[:, None].expand(-1, n), side_blk)
+    return labels, torch.where(labels > 0, sides, torch.zeros_like(sides))
+
+
+def _block_voxels(at: torch.Tensor, shape_w: tuple[int, ...], factors: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
+    """Input-grid indices ``(n, fz * fy * fx)`` of the work voxels with flat indices ``at``."""
+    fz, fy, fx = factors
+    _, yw, xw = shape_w
+    z, y, x = at // (yw * xw), (at // xw) % yw, at % xw
+    dev = at.device
+    a, b, c = torch.meshgrid(torch.arange(fz, device=dev), torch.arange(fy, device=dev), torch.arange(fx, device=dev),
+                             indexing="ij")
+    return ((z[:, None] * fz + a.flatten()), (y[:, None] * fy + b.flatten()), (x[:, None] * fx + c.flatten()))
+
