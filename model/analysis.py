@@ -53,7 +53,7 @@ __all__ = [
 # Bump whenever any threshold (model.params), step or formula of the built-in
 # analyzer changes: results are stored under the model version, so a stale
 # version would mix outputs.
-MODEL_VERSION = "lungseg-0.6.0"
+MODEL_VERSION = "lungseg-0.7.0"
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def _segment(view: CanonicalVolume, p: Params, watch: Stopwatch) -> Segmentation
     watch.lap("prepare")
     chest = find_body(coarse, p)
     watch.lap("body")
-    lung_c = aerated_lungs(chest, p)
+    lung_c, hilar_c = aerated_lungs(chest, p)
     plausible = looks_like_lungs(chest, lung_c, p)
     watch.lap("lungs")
     if not plausible:
@@ -168,7 +168,7 @@ def _segment(view: CanonicalVolume, p: Params, watch: Stopwatch) -> Segmentation
     flags = [Flag.ONE_LUNG_ONLY] if one_lung_only(side_c, coarse.voxel_ml) else []
     if partial_coverage(lung_c):
         flags.append(Flag.PARTIAL_COVERAGE)
-    region_c = side_regions(chest, side_c, p)
+    region_c = side_regions(chest, side_c, hilar_c, p)
     watch.lap("split")
     region_w, lung_w = work_grid_lungs(chest, side_c, region_c, work, p)
     labels_w = label_lesions(work, lung_w, p)

@@ -106,7 +106,7 @@ def _internal_air(chest: Chest, p: Params) -> torch.Tensor:
     return ~is_outside[lab]
 
 
-def aerated_lungs(chest: Chest, p: Params) -> torch.Tensor:
+def aerated_lungs(chest: Chest, p: Params) -> tuple[torch.Tensor, torch.Tensor]:
     """The aerated lungs: internal air, cut off the airways, small parts (gut gas) dropped.
 
     Parameters
@@ -118,10 +118,15 @@ def aerated_lungs(chest: Chest, p: Params) -> torch.Tensor:
 
     Returns
     -------
-    torch.Tensor
+    lung : torch.Tensor
         bool ``(Z, Y, X)`` on the coarse grid.
+    hilar : torch.Tensor
+        bool, the part of ``lung`` that is the last regrown layer beside the midline: the stubs of the
+        main and lobar bronchi at the hila, and the lungs' medial skin there. It closes and fills no
+        region (:func:`side_regions`): a bronchus beside its artery would take the artery into the lung.
     """
     internal = _internal_air(chest, p)
+    hilar = torch.zeros_like(internal)
     # Erode to cut the main bronchi and the trachea off the lungs; the
     # airway remnants are small components and are dropped below.
     r_air = radius_voxels(p.airway_erode_mm, chest.grid.spacing_mm)
@@ -140,11 +145,17 @@ def aerated_lungs(chest: Chest, p: Params) -> torch.Tensor:
         keep |= _lung_fragments(internal, lab, sizes, keep, chest, p)
         lung = keep[lab]
         # Regrow to the lung surface, only through internal air; as far as
-        # the erosion went and one more, so airways regrow only a stub.
+        # the erosion went and one more, so airways regrow only a stub (the
+        # one more, beside the midline, is the hilar bronchi's).
         step = (min(1, r_air[0]), min(1, r_air[1]), min(1, r_air[2]))
-        for _ in range(max(r_air) + 1):
+        for _ in range(max(r_air)):
             lung = dilate(lung, step) & internal
-    return lung
+        last = dilate(lung, step) & internal & ~lung
+        lung = lung | last
+        mid, width = _midline(chest.body)
+        xs = torch.arange(lung.shape[2], device=lung.device, dtype=torch.float32)
+        hilar = last & ((xs - mid).abs() <= p.airway_band_frac * width)[None, None, :]
+    return lung, hilar
 
 
 def _lung_fragments(internal: torch.Tensor, lab: torch.Tensor, sizes: torch.Tensor, keep: torch.Tensor,
@@ -269,18 +280,19 @@ def body_edge(body_c: torch.Tensor, sp_c: tuple[float, float, float]) -> torch.T
     return filled & ~erode(filled, (0, 1, 1))
 
 
-def side_regions(chest: Chest, side: torch.Tensor, p: Params) -> torch.Tensor:
+def side_regions(chest: Chest, side: torch.Tensor, hilar: torch.Tensor, p: Params) -> torch.Tensor:
     """Lung regions per side: closed (peripheral dense lesions) and filled (central ones).
 
-    Never across the midline or outside the body. Returns a uint8 side map
+    The bronchial stubs at the hila (``hilar``) are lung but close and fill nothing: a bronchus
+    beside its artery would enclose the artery. Never across the midline or outside the body. Returns a uint8 side map
     ``(Z, Y, X)`` on the coarse grid.
     """
     region = torch.zeros(chest.grid.shape, dtype=torch.uint8, device=side.device)
     r_close = radius_voxels(p.lung_close_mm, chest.grid.spacing_mm)
     r_close = (min(r_close[0], 1), r_close[1], r_close[2])  # mostly in-plane: keep domes apart from the liver
     for s in (Side.RIGHT, Side.LEFT):
-        m = side == s
-        m = fill_2d(closing(m, r_close) | m) & chest.body_fill & ~body_edge(chest.body, chest.grid.spacing_mm)
+        m = (side == s) & ~hilar
+        m = (fill_2d(closing(m, r_close) | m) & chest.body_fill & ~body_edge(chest.body, chest.grid.spacing_mm)) | (side == s)
         region[m & (region == 0)] = s
     return region
 
@@ -419,10 +431,10 @@ def _wall_seeds(side_c: torch.Tensor, chest: Chest, p: Params) -> torch.Tensor:
 def _medial_seeds(side_c: torch.Tensor, chest: Chest, p: Params) -> torch.Tensor:
     """Beside the spine, where one lung's medial border lies far off the other's mirrored: its expected border.
 
-    Beside the spine the lungs' medial borders are about symmetric: per slice row from the front of
-    the vertebral body back, a lung whose most medial voxel lies more than ``p.medial_tol_mm`` further from the
-    body's midline than the other lung's (or that has none in the row) has lost its medial part to a
-    lesion; the other lung's medial border, mirrored, is a seed of its outline. The tolerance exceeds
+    Beside the spine and behind the heart the lungs' medial borders are about symmetric: per slice row
+    from ``p.medial_ahead_mm`` in front of the vertebral body back, a lung whose most medial voxel lies
+    more than ``p.medial_tol_mm`` further from the body's midline than the other lung's (or that has
+    none in the row) has lost its medial part to a lesion; the other lung's medial border, mirrored, is a seed of its outline. The tolerance exceeds
     the aorta's width, which moves the left border out. Returns a uint8 side map of the seeds.
     """
     z, y, x = side_c.shape
@@ -440,7 +452,7 @@ def _medial_seeds(side_c: torch.Tensor, chest: Chest, p: Params) -> torch.Tensor
     spine = (chest.grid.hu > p.bone_hu) & ((xs[None, :] - mid).abs() < p.spine_band_frac * width)[:, None, :]
     spine &= (ys[None, :] > cy[:, None])[:, :, None]
     front = torch.where(spine.any(dim=2), ys[None, :].expand(z, y), torch.full((z, y), inf, device=dev)).amin(dim=1)
-    posterior = ys[None, :] >= front[:, None]  # (Z, Y); a slice without spine: none
+    posterior = ys[None, :] >= front[:, None] - p.medial_ahead_mm / chest.grid.spacing_mm[1]  # (Z, Y); a slice without spine: none
     sp_x = chest.grid.spacing_mm[2]
     dist = {}
     for s in (Side.RIGHT, Side.LEFT):

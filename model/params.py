@@ -44,6 +44,7 @@ class Params:
     bone_hu: float = 150.0  # bone on the coarse grid (ribs, the vertebral body)
     rib_z_mm: float = 12.0  # ribs are looked for this far above and below (they run obliquely)
     medial_tol_mm: float = 30.0  # beside the spine, a medial border this much further out than the other's mirrored is lost
+    medial_ahead_mm: float = 15.0  # ... in the rows from this far in front of the vertebral body back (behind the heart)
     spine_band_frac: float = 0.06  # the vertebral body lies within this share of the body's width of its midline
     cavity_slab_mm: float = 4.0  # the per-slice lung hull uses the aerated lung this far above and below
 
