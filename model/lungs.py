@@ -94,8 +94,11 @@ def find_body(coarse: ReducedGrid, p: Params) -> Chest:
 
 
 def _internal_air(chest: Chest, p: Params) -> torch.Tensor:
-    """Air inside the body outline that is not connected to outside air (bool ``(Z, Y, X)``)."""
-    air = (chest.grid.hu < p.air_hu) & chest.body_fill
+    """Air inside the body outline that is not connected to outside air (bool ``(Z, Y, X)``).
+
+    Ground glass counts (``p.internal_air_hu``): the lung it fills is still the lung's air space.
+    """
+    air = (chest.grid.hu < p.internal_air_hu) & chest.body_fill
     lab, sizes = label(air)
     edge = torch.zeros_like(air)
     edge[:, 0, :] = edge[:, -1, :] = edge[:, :, 0] = edge[:, :, -1] = True

@@ -18,6 +18,7 @@ class Params:
     coarse_mm: float = 4.0  # target spacing of the coarse grid
     body_hu: float = -350.0  # tissue vs air (body, table, blankets)
     air_hu: float = -400.0  # aerated lung vs tissue
+    internal_air_hu: float = -300.0  # the lungs' air space on the coarse grid, ground glass included
     body_open_mm: float = 6.0  # cuts blankets and thin bridges to the table
     airway_erode_mm: float = 8.0  # removes trachea (r ~ 9 mm) links and main bronchi (r ~ 6 mm)
     min_lung_ml: float = 300.0  # less than this is not a pair of lungs

@@ -367,10 +367,17 @@ def make_base(name: str, hu: np.ndarray, spacing: tuple[float, float, float], lu
 
 
 def _centre(base: Base, rng: np.random.Generator, side: str, position: str) -> np.ndarray | None:
-    """A placeable centre voxel: anywhere, on the mediastinum (most medial 5 %) or on the diaphragm (lowest 10 %)."""
+    """A placeable centre voxel: anywhere, on the mediastinum (most medial 5 %) or on the diaphragm (lowest 10 %).
+
+    Drawn uniformly by rejection inside the candidates' bounding box, with a generator of its own
+    seeded from ``rng`` (which advances by one draw whatever happens): a slightly different reference
+    lung (another analyzer version's, on the real CT) moves only the lesions whose draw fell where it
+    changed, not every lesion after it.
+    """
     cand = base.placeable[side]
     if cand.size == 0:
         return None
+    own = np.random.default_rng(int(rng.integers(1 << 62)))
     if position == "medial":
         xs = np.nonzero(base.lung.any(axis=(0, 1)))[0]
         mid = (xs.min() + xs.max()) / 2.0
@@ -378,7 +385,14 @@ def _centre(base: Base, rng: np.random.Generator, side: str, position: str) -> n
         cand = cand[d <= np.quantile(d, 0.05)]
     elif position == "basal":
         cand = cand[cand[:, 0] <= np.quantile(cand[:, 0], 0.10)]
-    return cand[rng.integers(len(cand))]
+    lo, hi = cand.min(axis=0), cand.max(axis=0)
+    ok = np.zeros(tuple(hi - lo + 1), dtype=bool)
+    ok[tuple((cand - lo).T)] = True
+    for _ in range(10_000):
+        c = own.integers(lo, hi + 1)
+        if ok[tuple(c - lo)]:
+            return c
+    return cand[own.integers(len(cand))]
 
 
 def lower_lobe(base: Base, side: str) -> np.ndarray:
