@@ -435,7 +435,8 @@ def _medial_seeds(side_c: torch.Tensor, chest: Chest, p: Params) -> torch.Tensor
     """Beside the spine, where one lung's medial border lies far off the other's mirrored: its expected border.
 
     Beside the spine and behind the heart the lungs' medial borders are about symmetric: per slice row
-    from ``p.medial_ahead_mm`` in front of the vertebral body back, a lung whose most medial voxel lies
+    from ``p.medial_ahead_mm`` in front of the vertebral body back (for the right lung in every row: the
+    heart pushes the left lung's border out, never the right's in), a lung whose most medial voxel lies
     more than ``p.medial_tol_mm`` further from the body's midline than the other lung's (or that has
     none in the row) has lost its medial part to a lesion; the other lung's medial border, mirrored, is a seed of its outline. The tolerance exceeds
     the aorta's width, which moves the left border out. Returns a uint8 side map of the seeds.
@@ -464,7 +465,8 @@ def _medial_seeds(side_c: torch.Tensor, chest: Chest, p: Params) -> torch.Tensor
         dist[s] = torch.where(side_c == s, d, torch.full_like(d, inf)).amin(dim=2)  # (Z, Y)
     for s, o in ((Side.RIGHT, Side.LEFT), (Side.LEFT, Side.RIGHT)):
         want = dist[o]
-        lost = posterior & torch.isfinite(want) & (dist[s] > want + p.medial_tol_mm / sp_x)
+        rows = posterior if s == Side.LEFT else torch.ones_like(posterior)
+        lost = rows & torch.isfinite(want) & (dist[s] > want + p.medial_tol_mm / sp_x)
         col = (mid - want) if s == Side.RIGHT else (mid + want)  # (Z, Y)
         seed = lost[..., None] & ((xs[None, None, :] - col[..., None]).abs() <= 0.5) & body
         out[seed & (out == 0)] = s
