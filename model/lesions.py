@@ -15,6 +15,10 @@ from .params import Params
 
 __all__ = ["label_lesions"]
 
+# Voxels round the lung in which lesions are worked out: more than the widest step (the thin-sheet
+# runs, the vessel opening, the partial-volume edges) reaches.
+_BOX_MARGIN = 6
+
 
 def _pv_edge(air: torch.Tensor, tissue: torch.Tensor, mid: torch.Tensor) -> torch.Tensor:
     """Voxels on an air-to-tissue transition one or two voxels wide, along any axis.
@@ -103,6 +107,9 @@ def _without_vessels(lesion: torch.Tensor, sp: tuple[float, float, float], p: Pa
 def label_lesions(work: Grid, lung: torch.Tensor, p: Params) -> torch.Tensor:
     """Label lung, ground-glass opacity and consolidation on the work grid.
 
+    Every step is local (a few voxels) and nothing lies outside the lung, so the work is done in the
+    lung's bounding box (with a margin wider than any step reaches) and pasted back.
+
     Parameters
     ----------
     work : Grid
@@ -118,6 +125,21 @@ def label_lesions(work: Grid, lung: torch.Tensor, p: Params) -> torch.Tensor:
         uint8 ``(Z, Y, X)``: 0 background, :attr:`Label.LUNG`, :attr:`Label.GGO`,
         :attr:`Label.CONSOLIDATION`.
     """
+    labels = torch.zeros(work.shape, dtype=torch.uint8, device=work.hu.device)
+    if not bool(lung.any()):
+        return labels
+    box = []
+    for dim in range(3):
+        present = torch.nonzero(lung.any(dim=tuple(d for d in range(3) if d != dim))).squeeze(1)
+        lo, hi = int(present.min()) - _BOX_MARGIN, int(present.max()) + 1 + _BOX_MARGIN
+        box.append(slice(max(0, lo), min(lung.shape[dim], hi)))
+    z, y, x = box
+    labels[z, y, x] = _label_lesions(Grid(work.hu[z, y, x], work.spacing_mm), lung[z, y, x], p)
+    return labels
+
+
+def _label_lesions(work: Grid, lung: torch.Tensor, p: Params) -> torch.Tensor:
+    """:func:`label_lesions` on a grid that holds the whole lung."""
     hu = work.hu
     # Search lesions away from the lung surface, where partial volume with
     # the chest wall looks like ground glass.

@@ -104,21 +104,24 @@ def _expand_counts(counts: torch.Tensor, factor: int, n: int) -> torch.Tensor:
 def _profiles(
     labels: torch.Tensor, grid: tuple[torch.Tensor, tuple[int, int, int]] | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Lung voxels per slice, lesion voxels per slice, lung voxels per row (``Y``) of a ``(Z, Y, X)`` label map.
+    """Lung voxels per slice, lesion voxels per slice, and per row (``Y``) the lung's width in its projection along Z.
 
     With ``grid`` (the labels on the coarser grid they were made from, and the factors), counted there.
+    One bincount per slice and a max projection: boolean sums over the volume cost ten times more.
     """
     nz, ny, _ = labels.shape
+    lab, (fz, fy, fx) = (labels, (1, 1, 1)) if grid is None else (grid[0], tuple(int(f) for f in grid[1]))
+    if lab.shape[0] == 0:
+        zero = torch.zeros(nz, dtype=torch.int64, device=labels.device)
+        return zero, zero, torch.zeros(ny, dtype=torch.int64, device=labels.device)
+    counts = torch.stack([torch.bincount(lab[z].reshape(-1), minlength=Label.CONSOLIDATION + 1)[: Label.CONSOLIDATION + 1]
+                          for z in range(lab.shape[0])])
+    lung_z = counts[:, Label.LUNG:].sum(dim=1) * (fy * fx)
+    lesion_z = counts[:, Label.GGO:].sum(dim=1) * (fy * fx)
+    lung_y = (lab.amax(dim=0) > 0).sum(dim=1) * fx
     if grid is None:
-        lung = labels.gt(0)
-        return lung.sum(dim=(1, 2)), labels.ge(Label.GGO).sum(dim=(1, 2)), lung.sum(dim=(0, 2))
-    lab_g, factors = grid
-    fz, fy, fx = (int(f) for f in factors)
-    lung_g = lab_g.gt(0)
-    lung_z = _expand_counts(lung_g.sum(dim=(1, 2)) * (fy * fx), fz, nz)
-    lesion_z = _expand_counts(lab_g.ge(Label.GGO).sum(dim=(1, 2)) * (fy * fx), fz, nz)
-    lung_y = _expand_counts(lung_g.sum(dim=(0, 2)) * (fz * fx), fy, ny)
-    return lung_z, lesion_z, lung_y
+        return lung_z, lesion_z, lung_y
+    return _expand_counts(lung_z, fz, nz), _expand_counts(lesion_z, fz, nz), _expand_counts(lung_y, fy, ny)
 
 
 def _axial_picks(lung_z: torch.Tensor, lesion_z: torch.Tensor, nz: int) -> list[int]:

@@ -23,6 +23,8 @@ from .params import Params
 __all__ = ["refine_labels"]
 
 _LUNG_LABELS = (Label.LUNG, Label.GGO, Label.CONSOLIDATION)
+_N_LABELS = Label.CONSOLIDATION + 1  # a power of two: the label is a code's low bits
+_SIDE_SHIFT = 2
 
 
 def _present(labels_w: torch.Tensor, reach: tuple[int, int, int]) -> torch.Tensor:
@@ -46,20 +48,29 @@ def _neighbours(at: torch.Tensor, shape_w: tuple[int, ...], reach: tuple[int, in
     return torch.stack(out, dim=1)
 
 
-def _class_means(hu_w: torch.Tensor, labels_w: torch.Tensor, edge_w: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
-    """Per band work voxel, each label's mean work-grid HU among its neighbours ``nb``, float ``(n, 4)`` (nan: absent).
+def _class_means(hu_w: torch.Tensor, labels_w: torch.Tensor, edge_w: torch.Tensor, at: torch.Tensor, reach: int) -> torch.Tensor:
+    """Per band work voxel (flat indices ``at``), each label's mean work-grid HU round it in-plane.
+
+    Sampled at the voxel and the eight ``reach`` voxels away along the rows, columns and diagonals.
 
     Each side's density away from the edge: neighbours off the boundary (``~edge_w``) where the label has
-    any, else all of its neighbours (a lesion too small to have an inside).
+    any, else all of its neighbours (a lesion too small to have an inside). float ``(n, 4)``, nan where
+    the label is absent.
     """
-    lab = labels_w.flatten()[nb].long()  # (n, k)
-    hu = hu_w.flatten()[nb].float()[..., None]
-    one = torch.nn.functional.one_hot(lab, Label.CONSOLIDATION + 1).float()  # (n, k, 4)
-    inner = one * (~edge_w.flatten()[nb])[..., None].float()
-    n_inner = inner.sum(dim=1)
-    mean_inner = (inner * hu).sum(dim=1) / n_inner
-    mean_all = (one * hu).sum(dim=1) / one.sum(dim=1)  # 0 / 0 = nan where absent
-    return torch.where(n_inner > 0, mean_inner, mean_all)
+    _, yw, xw = labels_w.shape
+    z, y, x = at // (yw * xw), (at // xw) % yw, at % xw
+    n_labels = _N_LABELS
+    lab_f, hu_f, edge_f = labels_w.flatten(), hu_w.flatten(), edge_w.flatten()
+    acc = torch.zeros((4, at.numel() * n_labels), dtype=torch.float32, device=at.device)  # inner sum, count; all sum, count
+    slot = torch.arange(at.numel(), device=at.device) * n_labels
+    for dy in range(-reach, reach + 1, reach):
+        for dx in range(-reach, reach + 1, reach):
+            i = (z * yw + (y + dy).clamp(0, yw - 1)) * xw + (x + dx).clamp(0, xw - 1)
+            hu = hu_f[i].float()
+            inner = (~edge_f[i]).float()
+            acc.index_add_(1, slot + lab_f[i].long(), torch.stack([hu * inner, inner, hu, torch.ones_like(hu)]))
+    acc = acc.view(4, at.numel(), n_labels)
+    return torch.where(acc[1] > 0, acc[0] / acc[1], acc[2] / acc[3])  # 0 / 0 = nan where absent
 
 
 def _decide(hu: torch.Tensor, nearest: torch.Tensor, means: torch.Tensor, p: Params) -> torch.Tensor:
@@ -111,32 +122,28 @@ def refine_labels(hu: torch.Tensor, hu_w: torch.Tensor, labels_w: torch.Tensor, 
         uint8 ``(Z, Y, X)`` on the input grid; every lung voxel has a side.
     """
     shape = (int(hu.shape[0]), int(hu.shape[1]), int(hu.shape[2]))
-    labels = upsample(labels_w, factors, shape)
-    sides = upsample(sides_w, factors, shape)
+    # One uint8 code per voxel (side << 2 | label), repeated to the input grid in one pass.
+    sides_w = torch.where(labels_w > 0, sides_w, torch.zeros_like(sides_w))
+    code = upsample((sides_w << _SIDE_SHIFT) | labels_w, factors, shape)
     if tuple(factors) != (1, 1, 1):
         reach = (1 if factors[0] > 1 else 0, 1, 1)
         bits_w = _present(labels_w, reach)
         # The input voxels of the work voxels with more than one label near: the boundary band.
         edge_w = (bits_w & (bits_w - 1)) > 0
         at = torch.nonzero(edge_w.flatten()).squeeze(1)
-        # Each side's density, from work voxels up to two away.
-        nb_far = _neighbours(at, tuple(labels_w.shape), (reach[0], 2, 2))
         zf, yf, xf = _block_voxels(at, tuple(labels_w.shape), factors)
         n = zf.shape[1]
-        near = labels_w.flatten()[at][:, None].expand(-1, n)
-        means = _class_means(hu_w, labels_w, edge_w, nb_far)
-        labs = torch.arange(Label.CONSOLIDATION + 1, device=at.device)
+        means = _class_means(hu_w, labels_w, edge_w, at, 2)  # each side's density, from up to two work voxels away
+        labs = torch.arange(_N_LABELS, device=at.device)
         near_labels = ((bits_w.flatten()[at][:, None] >> labs) & 1).bool()  # (n, 4): the labels one work voxel round
         means = torch.where(near_labels, means, torch.full_like(means, float("nan")))
-        decided = _decide(hu[zf, yf, xf].float(), near, means, p)
-        labels[zf, yf, xf] = decided
-        # A voxel added to the lung outside the side map takes the side of the work voxels round it.
-        side_blk = sides[zf, yf, xf]
-        orphan = (decided > 0) & (side_blk == 0)
-        if bool(orphan.any()):
-            side_near = sides_w.flatten()[_neighbours(at, tuple(labels_w.shape), reach)].amax(dim=1)
-            sides[zf, yf, xf] = torch.where(orphan, side_near[:, None].expand(-1, n), side_blk)
-    return labels, torch.where(labels > 0, sides, torch.zeros_like(sides))
+        decided = _decide(hu.reshape(-1)[(zf * shape[1] + yf) * shape[2] + xf].float(), labels_w.flatten()[at][:, None].expand(-1, n), means, p)
+        # Sides: none outside the lung; a voxel added to the lung takes the side of the work voxels round it.
+        side = sides_w.flatten()[at][:, None].expand(-1, n)
+        side_near = sides_w.flatten()[_neighbours(at, tuple(labels_w.shape), reach)].amax(dim=1)[:, None].expand(-1, n)
+        side = torch.where(decided == 0, torch.zeros_like(side), torch.where(side == 0, side_near, side))
+        code.view(-1)[(zf * shape[1] + yf) * shape[2] + xf] = (side << _SIDE_SHIFT) | decided
+    return code & (_N_LABELS - 1), code >> _SIDE_SHIFT
 
 
 def _block_voxels(at: torch.Tensor, shape_w: tuple[int, ...], factors: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
