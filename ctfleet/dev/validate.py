@@ -699,7 +699,9 @@ def _md_method(s: dict[str, Any]) -> list[str]:
         "ITKElastix repository, InsightSoftwareConsortium/ITKElastix, Apache-2.0, commit 787db6d, `examples/data/00`, one phase "
         "of a public 4D lung CT set); its reference lungs and *pre-existing findings* (the real right-lung mass and whatever else "
         "the analyzer labels on the clean scan) come from the analysis of the clean scan; lesion centres are drawn at least 20 mm "
-        "from those findings, at least 8 mm (in-plane) inside the lungs; lesions may reach and are clipped at the pleura. "
+        "from those findings, at least 8 mm (in-plane) inside the lungs, uniformly (rejection sampling, one generator per lesion, "
+        "so another analyzer version's slightly different reference lungs move only the lesions drawn where they differ); "
+        "lesions may reach and are clipped at the pleura. "
         "(b) generated phantoms (`ctfleet.dev.phantom.chest_phantom`, three seeds), whose lung truth is exact.",
         "* **Case mix** (fixed seed): per scan one clean case plus cases with a few small lesions (radius 5-12 mm), moderate "
         "(3-6 lesions of 10-22 mm), borderline (8 GGO of 24-32 mm + one consolidation) and diffuse HIGH-level "
