@@ -142,8 +142,31 @@ def refine_labels(hu: torch.Tensor, hu_w: torch.Tensor, labels_w: torch.Tensor, 
         side = sides_w.flatten()[at][:, None].expand(-1, n)
         side_near = sides_w.flatten()[_neighbours(at, tuple(labels_w.shape), reach)].amax(dim=1)[:, None].expand(-1, n)
         side = torch.where(decided == 0, torch.zeros_like(side), torch.where(side == 0, side_near, side))
-        code.view(-1)[(zf * shape[1] + yf) * shape[2] + xf] = (side << _SIDE_SHIFT) | decided
+        flat = (zf * shape[1] + yf) * shape[2] + xf
+        code.view(-1)[flat] = (side << _SIDE_SHIFT) | decided
+        # Lesion voxels that touch at most one other (face to face) are noise the per-voxel decision
+        # left, specks and pairs off the lesion's edge (or a thin line's end): normal lung. Then the
+        # specks that pass left.
+        for most in (1, 0):
+            speck = (decided >= Label.GGO) & (_lesion_neighbours(code, zf, yf, xf) <= most)
+            if not bool(speck.any()):
+                break
+            decided = torch.where(speck, torch.full_like(decided, Label.LUNG), decided)
+            code.view(-1)[flat[speck]] = (side[speck] << _SIDE_SHIFT) | Label.LUNG
     return code & (_N_LABELS - 1), code >> _SIDE_SHIFT
+
+
+def _lesion_neighbours(code: torch.Tensor, zf: torch.Tensor, yf: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
+    """How many of the six face neighbours of the given voxels carry a lesion label in ``code`` (0 outside the volume)."""
+    z, y, x = code.shape
+    flat = code.view(-1)
+    count = torch.zeros(zf.shape, dtype=torch.uint8, device=code.device)
+    for dz, dy, dx in ((-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1)):
+        zz, yy, xx = zf + dz, yf + dy, xf + dx
+        inside = (zz >= 0) & (zz < z) & (yy >= 0) & (yy < y) & (xx >= 0) & (xx < x)
+        i = (zz.clamp(0, z - 1) * y + yy.clamp(0, y - 1)) * x + xx.clamp(0, x - 1)
+        count += (inside & ((flat[i] & (_N_LABELS - 1)) >= Label.GGO)).to(torch.uint8)
+    return count
 
 
 def _block_voxels(at: torch.Tensor, shape_w: tuple[int, ...], factors: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:

@@ -99,3 +99,13 @@ def test_on_the_work_grid_itself_labels_are_unchanged() -> None:
     sides_w = (labels_w > 0).to(torch.uint8)
     labels, sides = refine_labels(hu_w, hu_w, labels_w, sides_w, (1, 1, 1), PARAMS)
     assert torch.equal(labels, labels_w) and torch.equal(sides, sides_w)
+
+
+def test_noise_on_a_blurred_edge_leaves_no_specks() -> None:
+    from model.morphology import label
+
+    hu, labels_w = _scene(-500.0, ramp=6.0)
+    hu = hu + 40.0 * torch.randn(hu.shape, generator=torch.Generator().manual_seed(3))
+    labels, _ = refine_labels(hu, block_mean(hu, FACTORS), labels_w, (labels_w > 0).to(torch.uint8), FACTORS, PARAMS)
+    _, sizes = label(labels >= Label.GGO)
+    assert int(sizes[1:].max()) > 1000 and int((sizes[1:] <= 2).sum()) == 0
