@@ -287,15 +287,17 @@ def side_regions(chest: Chest, side: torch.Tensor, hilar: torch.Tensor, p: Param
     """Lung regions per side: closed (peripheral dense lesions) and filled (central ones).
 
     The bronchial stubs at the hila (``hilar``) are lung but close and fill nothing: a bronchus
-    beside its artery would enclose the artery. Never across the midline or outside the body. Returns a uint8 side map
-    ``(Z, Y, X)`` on the coarse grid.
+    beside its artery would enclose the artery. Never across the midline or outside the body.
+    Returns a uint8 side map ``(Z, Y, X)`` on the coarse grid.
     """
     region = torch.zeros(chest.grid.shape, dtype=torch.uint8, device=side.device)
     r_close = radius_voxels(p.lung_close_mm, chest.grid.spacing_mm)
     r_close = (min(r_close[0], 1), r_close[1], r_close[2])  # mostly in-plane: keep domes apart from the liver
+    allowed = chest.body_fill & ~body_edge(chest.body, chest.grid.spacing_mm)
     for s in (Side.RIGHT, Side.LEFT):
-        m = (side == s) & ~hilar
-        m = (fill_2d(closing(m, r_close) | m) & chest.body_fill & ~body_edge(chest.body, chest.grid.spacing_mm)) | (side == s)
+        own = side == s
+        m = own & ~hilar
+        m = (fill_2d(closing(m, r_close) | m) & allowed) | own
         region[m & (region == 0)] = s
     return region
 
@@ -438,8 +440,9 @@ def _medial_seeds(side_c: torch.Tensor, chest: Chest, p: Params) -> torch.Tensor
     from ``p.medial_ahead_mm`` in front of the vertebral body back (for the right lung in every row: the
     heart pushes the left lung's border out, never the right's in), a lung whose most medial voxel lies
     more than ``p.medial_tol_mm`` further from the body's midline than the other lung's (or that has
-    none in the row) has lost its medial part to a lesion; the other lung's medial border, mirrored, is a seed of its outline. The tolerance exceeds
-    the aorta's width, which moves the left border out. Returns a uint8 side map of the seeds.
+    none in the row) has lost its medial part to a lesion; the other lung's medial border, mirrored, is
+    a seed of its outline. The tolerance exceeds the aorta's width, which moves the left border out.
+    Returns a uint8 side map of the seeds.
     """
     z, y, x = side_c.shape
     dev = side_c.device

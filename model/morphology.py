@@ -14,7 +14,7 @@ import math
 
 import torch
 
-__all__ = ["dilate", "erode", "opening", "closing", "label", "keep_large", "fill_2d", "hull_2d", "shift", "upsample"]
+__all__ = ["dilate", "erode", "opening", "closing", "label", "keep_large", "fill_2d", "hull_2d", "shift", "slice_bincounts", "upsample"]
 
 
 def _dilate1(mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -252,6 +252,17 @@ def hull_2d(mask: torch.Tensor, spacing_yx: tuple[float, float] = (1.0, 1.0), di
         pn = torch.where(mask, proj, big).flatten(1).amin(dim=1)
         inside &= (proj[None] <= pm[:, None, None] + 1e-3) & (proj[None] >= pn[:, None, None] - 1e-3)
     return inside | mask
+
+
+def slice_bincounts(codes: torch.Tensor, n: int) -> torch.Tensor:
+    """Per slice, how many voxels of a small non-negative integer map ``(Z, Y, X)`` hold each value below ``n``: ``(Z, n)``.
+
+    A bincount per slice on the map as it is (uint8): one over the whole volume needs int64 codes
+    offset by slice, eight bytes a voxel and several times the time.
+    """
+    if codes.shape[0] == 0:
+        return torch.zeros((0, n), dtype=torch.int64, device=codes.device)
+    return torch.stack([torch.bincount(codes[z].reshape(-1), minlength=n)[:n] for z in range(codes.shape[0])])
 
 
 def upsample(t: torch.Tensor, factors: tuple[int, int, int], shape: tuple[int, int, int]) -> torch.Tensor:

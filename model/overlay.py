@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .labels import Label
+from .morphology import slice_bincounts
 from .orientation import Orientation
 
 __all__ = ["render_overlays", "LUNG_WINDOW", "COLOURS"]
@@ -107,15 +108,14 @@ def _profiles(
     """Lung voxels per slice, lesion voxels per slice, and per row (``Y``) the lung's width in its projection along Z.
 
     With ``grid`` (the labels on the coarser grid they were made from, and the factors), counted there.
-    One bincount per slice and a max projection: boolean sums over the volume cost ten times more.
+    Per-slice bincounts and a max projection: boolean sums over the volume cost ten times more.
     """
     nz, ny, _ = labels.shape
     lab, (fz, fy, fx) = (labels, (1, 1, 1)) if grid is None else (grid[0], tuple(int(f) for f in grid[1]))
     if lab.shape[0] == 0:
         zero = torch.zeros(nz, dtype=torch.int64, device=labels.device)
         return zero, zero, torch.zeros(ny, dtype=torch.int64, device=labels.device)
-    counts = torch.stack([torch.bincount(lab[z].reshape(-1), minlength=Label.CONSOLIDATION + 1)[: Label.CONSOLIDATION + 1]
-                          for z in range(lab.shape[0])])
+    counts = slice_bincounts(lab, Label.CONSOLIDATION + 1)
     lung_z = counts[:, Label.LUNG:].sum(dim=1) * (fy * fx)
     lesion_z = counts[:, Label.GGO:].sum(dim=1) * (fy * fx)
     lung_y = (lab.amax(dim=0) > 0).sum(dim=1) * fx

@@ -17,6 +17,7 @@ import torch
 
 from .labels import Flag, Label, TriageLevel
 from .lungs import Side
+from .morphology import slice_bincounts
 from .volume import Volume
 
 __all__ = [
@@ -104,18 +105,10 @@ class Measurements:
 
 
 def _counts_per_slice(labels: torch.Tensor, sides: torch.Tensor) -> np.ndarray:
-    """float64 ``(Z, 3, 4)``: per slice, voxel counts of each (side, label) pair.
-
-    One small uint8 code per voxel and a bincount per slice: int64 codes for the whole volume
-    cost eight bytes a voxel and several times the time.
-    """
-    nz = labels.shape[0]
+    """float64 ``(Z, 3, 4)``: per slice, voxel counts of each (side, label) pair."""
     n_labels = Label.CONSOLIDATION + 1
-    code = sides * n_labels + labels  # uint8: side 0..2, label 0..3
-    if nz == 0:
-        return np.zeros((0, 3, n_labels))
-    counts = torch.stack([torch.bincount(code[z].reshape(-1), minlength=3 * n_labels)[: 3 * n_labels] for z in range(nz)])
-    return counts.reshape(nz, 3, n_labels).cpu().numpy().astype(np.float64)
+    counts = slice_bincounts(sides * n_labels + labels, 3 * n_labels)  # uint8 code: side 0..2, label 0..3
+    return counts.reshape(labels.shape[0], 3, n_labels).cpu().numpy().astype(np.float64)
 
 
 def _zone_pcts(name: str, lung_z: np.ndarray, lesion_z: np.ndarray, zs: np.ndarray) -> dict[str, float]:
