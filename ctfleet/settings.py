@@ -295,6 +295,17 @@ class Settings:
         return (self.raw_bucket, self.studies_bucket, self.results_bucket)
 
     @property
+    def job_lease_s(self) -> float:
+        """How long a worker's claim on a study holds without a heartbeat.
+
+        Half a heartbeat shorter than the job's visibility timeout: when a killed worker's
+        message reappears, its lease has lapsed already, so the next delivery takes the job
+        instead of finding it held and backing off. The heartbeat renews it at least once
+        before it lapses (``heartbeat_s`` is at most half the visibility timeout).
+        """
+        return self.job_visibility_s - self.heartbeat_s / 2
+
+    @property
     def ingest_queue(self) -> QueueSpec:
         # Lambda's guidance: visibility >= 6x the function timeout (ingest: 60 s).
         return QueueSpec(f"{self.stack}-ingest", visibility_timeout_s=360, long_poll_s=20, max_receive_count=5)

@@ -98,7 +98,8 @@ class JobRunner:
     interrupted : threading.Event
         Set by the spot watcher; checked between steps.
     lease_s : float
-        How long a claim holds without a heartbeat (the job queue's visibility timeout).
+        How long a claim holds without a heartbeat (:attr:`Settings.job_lease_s`, a little shorter
+        than the job queue's visibility timeout).
     max_failures : int
         Failed attempts after which the study ends FAILED.
     """

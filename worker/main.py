@@ -66,7 +66,7 @@ def build_worker(settings: Settings, clients: Clients, imds: Imds) -> Worker:
         analyze=analyzer, model_version=analyzer.version, instance=instance,
         high_threshold=lambda facility: facilities.get(facility).high_threshold, interrupted=threading.Event(),
         price=lambda: prices.per_hour(instance.instance_type, instance.zone, instance.market),
-        lease_s=settings.job_visibility_s, max_failures=settings.job_max_failures,
+        lease_s=settings.job_lease_s, max_failures=settings.job_max_failures,
     )
     specs = (settings.urgent_queue, settings.backfill_queue)
     queues = {spec.name: Queue(clients.sqs, clients.queue_url(spec.name), spec.name) for spec in specs}

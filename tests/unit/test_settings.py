@@ -29,3 +29,8 @@ def test_heartbeat_fits_the_job_visibility_timeouts():
     s = Settings()
     for q in (s.urgent_queue, s.backfill_queue):
         assert s.heartbeat_s * 2 <= q.visibility_timeout_s
+
+
+def test_a_dead_workers_lease_lapses_before_its_message_reappears_and_a_live_one_renews_it_in_time():
+    for s in (Settings(), Settings(job_visibility_s=12, heartbeat_s=6), Settings(job_visibility_s=300, heartbeat_s=60)):
+        assert s.heartbeat_s < s.job_lease_s < s.job_visibility_s
