@@ -10,7 +10,7 @@ import torch
 
 from .grid import Grid, radius_voxels
 from .labels import Label
-from .morphology import dilate, erode, keep_large, opening, shift
+from .morphology import bounding_box, dilate, erode, keep_large, opening, shift
 from .params import Params
 
 __all__ = ["label_lesions"]
@@ -126,15 +126,10 @@ def label_lesions(work: Grid, lung: torch.Tensor, p: Params) -> torch.Tensor:
         :attr:`Label.CONSOLIDATION`.
     """
     labels = torch.zeros(work.shape, dtype=torch.uint8, device=work.hu.device)
-    if not bool(lung.any()):
+    box = bounding_box(lung, _BOX_MARGIN)
+    if box is None:
         return labels
-    box = []
-    for dim in range(3):
-        present = torch.nonzero(lung.any(dim=tuple(d for d in range(3) if d != dim))).squeeze(1)
-        lo, hi = int(present.min()) - _BOX_MARGIN, int(present.max()) + 1 + _BOX_MARGIN
-        box.append(slice(max(0, lo), min(lung.shape[dim], hi)))
-    z, y, x = box
-    labels[z, y, x] = _label_lesions(Grid(work.hu[z, y, x], work.spacing_mm), lung[z, y, x], p)
+    labels[box] = _label_lesions(Grid(work.hu[box], work.spacing_mm), lung[box], p)
     return labels
 
 

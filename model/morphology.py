@@ -14,7 +14,8 @@ import math
 
 import torch
 
-__all__ = ["dilate", "erode", "opening", "closing", "label", "keep_large", "fill_2d", "hull_2d", "shift", "slice_bincounts", "upsample"]
+__all__ = ["dilate", "erode", "opening", "closing", "label", "bounding_box", "keep_large", "fill_2d", "hull_2d", "shift",
+           "slice_bincounts", "upsample"]
 
 
 def _dilate1(mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -93,21 +94,29 @@ def label(mask: torch.Tensor, max_iter: int = 200) -> tuple[torch.Tensor, torch.
     if mask.dim() == 3 and mask.numel() > 0:
         # Work on the mask's bounding box: cropping keeps the C order of the
         # foreground voxels, so the components and their numbering are the same.
-        spans = []
-        for dim in range(3):
-            other = tuple(d for d in range(3) if d != dim)
-            hit = torch.nonzero(mask.any(dim=other[1]).any(dim=other[0])).squeeze(1)
-            spans.append((int(hit.min()), int(hit.max()) + 1) if hit.numel() else (0, 0))
-        if spans[0][1] == 0:
+        box = bounding_box(mask)
+        if box is None:
             return torch.zeros(shape, dtype=torch.int64, device=device), torch.tensor([mask.numel()], dtype=torch.int64, device=device)
-        if any(hi - lo < n for (lo, hi), n in zip(spans, shape)):
-            (z0, z1), (y0, y1), (x0, x1) = spans
-            sub, sub_sizes = _label_flat(mask[z0:z1, y0:y1, x0:x1].contiguous(), max_iter)
+        if any(b.stop - b.start < n for b, n in zip(box, shape)):
+            sub, sub_sizes = _label_flat(mask[box].contiguous(), max_iter)
             out3 = torch.zeros(shape, dtype=torch.int64, device=device)
-            out3[z0:z1, y0:y1, x0:x1] = sub
+            out3[box] = sub
             sub_sizes[0] += mask.numel() - sub.numel()
             return out3, sub_sizes
     return _label_flat(mask, max_iter)
+
+
+def bounding_box(mask: torch.Tensor, margin: int = 0) -> tuple[slice, slice, slice] | None:
+    """The slices of a bool ``(Z, Y, X)`` mask's bounding box, widened by ``margin`` voxels (clipped to
+    the volume); None when the mask is empty."""
+    box = []
+    for dim in range(3):
+        other = tuple(d for d in range(3) if d != dim)
+        hit = torch.nonzero(mask.any(dim=other[1]).any(dim=other[0])).squeeze(1)
+        if hit.numel() == 0:
+            return None
+        box.append(slice(max(0, int(hit.min()) - margin), min(mask.shape[dim], int(hit.max()) + 1 + margin)))
+    return box[0], box[1], box[2]
 
 
 def keep_large(mask: torch.Tensor, min_voxels: float) -> torch.Tensor:
