@@ -35,16 +35,19 @@ def _present(labels_w: torch.Tensor, reach: tuple[int, int, int]) -> torch.Tenso
     return bits
 
 
-def _unravel(at: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+_Zyx = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # the (z, y, x) indices of some voxels
+
+
+def _unravel(at: torch.Tensor, shape: tuple[int, ...]) -> _Zyx:
     """The ``(z, y, x)`` indices of the flat indices ``at`` into a ``(Z, Y, X)`` volume of ``shape``."""
     _, y, x = shape
     return at // (y * x), (at // x) % y, at % x
 
 
-def _neighbours(at: torch.Tensor, shape_w: tuple[int, ...], reach: tuple[int, int, int]) -> torch.Tensor:
-    """Flat indices ``(n, k)`` of the work voxels within ``reach`` (box, clamped at the border) of each of ``at``."""
+def _neighbours(zyx: _Zyx, shape_w: tuple[int, ...], reach: tuple[int, int, int]) -> torch.Tensor:
+    """Flat indices ``(n, k)`` of the work voxels within ``reach`` (box, clamped at the border) of each of ``zyx``."""
     zw, yw, xw = shape_w
-    z, y, x = _unravel(at, shape_w)
+    z, y, x = zyx
     out = []
     for dz in range(-reach[0], reach[0] + 1):
         for dy in range(-reach[1], reach[1] + 1):
@@ -54,8 +57,8 @@ def _neighbours(at: torch.Tensor, shape_w: tuple[int, ...], reach: tuple[int, in
     return torch.stack(out, dim=1)
 
 
-def _class_means(hu_w: torch.Tensor, labels_w: torch.Tensor, edge_w: torch.Tensor, at: torch.Tensor, reach: int) -> torch.Tensor:
-    """Per band work voxel (flat indices ``at``), each label's mean work-grid HU round it in-plane.
+def _class_means(hu_w: torch.Tensor, labels_w: torch.Tensor, edge_w: torch.Tensor, zyx: _Zyx, reach: int) -> torch.Tensor:
+    """Per band work voxel (indices ``zyx``), each label's mean work-grid HU round it in-plane.
 
     Each side's density away from the edge, sampled at the voxel and at the eight ``reach`` voxels
     away along the rows, columns and diagonals: the samples off the boundary (``~edge_w``) where the
@@ -63,17 +66,18 @@ def _class_means(hu_w: torch.Tensor, labels_w: torch.Tensor, edge_w: torch.Tenso
     nan where the label is absent.
     """
     _, yw, xw = labels_w.shape
-    z, y, x = _unravel(at, tuple(labels_w.shape))
+    z, y, x = zyx
+    n = z.numel()
     lab_f, hu_f, edge_f = labels_w.flatten(), hu_w.flatten(), edge_w.flatten()
-    acc = torch.zeros((4, at.numel() * _N_LABELS), dtype=torch.float32, device=at.device)  # inner sum, count; all sum, count
-    slot = torch.arange(at.numel(), device=at.device) * _N_LABELS
+    acc = torch.zeros((4, n * _N_LABELS), dtype=torch.float32, device=z.device)  # inner sum, count; all sum, count
+    slot = torch.arange(n, device=z.device) * _N_LABELS
     for dy in range(-reach, reach + 1, reach):
         for dx in range(-reach, reach + 1, reach):
             i = (z * yw + (y + dy).clamp(0, yw - 1)) * xw + (x + dx).clamp(0, xw - 1)
             hu = hu_f[i].float()
             inner = (~edge_f[i]).float()
             acc.index_add_(1, slot + lab_f[i].long(), torch.stack([hu * inner, inner, hu, torch.ones_like(hu)]))
-    acc = acc.view(4, at.numel(), _N_LABELS)
+    acc = acc.view(4, n, _N_LABELS)
     return torch.where(acc[1] > 0, acc[0] / acc[1], acc[2] / acc[3])  # 0 / 0 = nan where absent
 
 
@@ -135,9 +139,10 @@ def refine_labels(hu: torch.Tensor, hu_w: torch.Tensor, labels_w: torch.Tensor, 
         # The input voxels of the work voxels with more than one label near: the boundary band.
         edge_w = (bits_w & (bits_w - 1)) > 0
         at = torch.nonzero(edge_w.flatten()).squeeze(1)
-        zf, yf, xf = _block_voxels(at, tuple(labels_w.shape), factors)
+        zyx = _unravel(at, tuple(labels_w.shape))
+        zf, yf, xf = _block_voxels(zyx, factors)
         n = zf.shape[1]
-        means = _class_means(hu_w, labels_w, edge_w, at, 2)  # each side's density, from up to two work voxels away
+        means = _class_means(hu_w, labels_w, edge_w, zyx, 2)  # each side's density, from up to two work voxels away
         labs = torch.arange(_N_LABELS, device=at.device)
         near_labels = ((bits_w.flatten()[at][:, None] >> labs) & 1).bool()  # (n, 4): the labels one work voxel round
         means = torch.where(near_labels, means, torch.full_like(means, float("nan")))
@@ -145,7 +150,7 @@ def refine_labels(hu: torch.Tensor, hu_w: torch.Tensor, labels_w: torch.Tensor, 
         decided = _decide(hu.reshape(-1)[flat].float(), labels_w.flatten()[at][:, None].expand(-1, n), means, p)
         # Sides: none outside the lung; a voxel added to the lung takes the side of the work voxels round it.
         side = sides_w.flatten()[at][:, None].expand(-1, n)
-        side_near = sides_w.flatten()[_neighbours(at, tuple(labels_w.shape), reach)].amax(dim=1)[:, None].expand(-1, n)
+        side_near = sides_w.flatten()[_neighbours(zyx, tuple(labels_w.shape), reach)].amax(dim=1)[:, None].expand(-1, n)
         side = torch.where(decided == 0, torch.zeros_like(side), torch.where(side == 0, side_near, side))
         code.view(-1)[flat] = (side << _SIDE_SHIFT) | decided
         # Lesion voxels that touch at most one other (face to face) are noise the per-voxel decision
@@ -173,11 +178,11 @@ def _lesion_neighbours(code: torch.Tensor, zf: torch.Tensor, yf: torch.Tensor, x
     return count
 
 
-def _block_voxels(at: torch.Tensor, shape_w: tuple[int, ...], factors: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
-    """Input-grid indices ``(n, fz * fy * fx)`` of the work voxels with flat indices ``at``."""
+def _block_voxels(zyx: _Zyx, factors: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
+    """Input-grid indices ``(n, fz * fy * fx)`` of the work voxels with indices ``zyx``."""
     fz, fy, fx = factors
-    z, y, x = _unravel(at, shape_w)
-    dev = at.device
+    z, y, x = zyx
+    dev = z.device
     a, b, c = torch.meshgrid(torch.arange(fz, device=dev), torch.arange(fy, device=dev), torch.arange(fx, device=dev),
                              indexing="ij")
     return ((z[:, None] * fz + a.flatten()), (y[:, None] * fy + b.flatten()), (x[:, None] * fx + c.flatten()))
