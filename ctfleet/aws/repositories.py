@@ -224,8 +224,19 @@ class Studies(Repository):
                      status=str(current.get("status", "MISSING")))
 
     def renew_lease(self, job: JobMessage, instance: str, *, lease_s: float) -> bool:
-        """Extend the holder's lease (with each heartbeat); False if ``instance`` no longer holds it."""
-        return self._as_holder(job, instance, {"lease_until": now() + lease_s})
+        """Extend the holder's lease (with each heartbeat); False if ``instance`` no longer holds it.
+
+        A lease given up (a failure or a hand-back set it to 0) stays given up: a heartbeat that
+        fires after the failure was recorded does not hold the job again."""
+        try:
+            self.table.update(job.study_key, {"lease_until": now() + lease_s},
+                              condition="#job_id = :job AND #status = :processing AND #worker_instance = :me "
+                                        "AND #lease_until > :zero",
+                              values={":job": job.job_id, ":processing": Status.PROCESSING, ":me": instance,
+                                      ":zero": 0})
+            return True
+        except Conflict:
+            return False
 
     def release(self, job: JobMessage, instance: str, *, held_s: float = 0.0, held_nano_usd: int = 0) -> bool:
         """Give the lease up at once (a hand-back): the next delivery may claim it without waiting.

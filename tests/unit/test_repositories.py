@@ -75,6 +75,10 @@ def test_failures_are_counted_only_by_the_holder(stack):
     assert studies.record_failure(j, "i-2") == 0
     assert studies.record_failure(j, "i-1") == 1
     assert studies.get(j.study_key)["lease_until"] == 0, "the failed attempt's lease is given up"
+    # The attempt's heartbeat may still beat once after the failure: it holds nothing again.
+    assert not studies.renew_lease(j, "i-1", lease_s=60)
+    assert studies.get(j.study_key)["lease_until"] == 0
+    assert studies.claim(j, "i-2", {}, lease_s=60).record is not None, "the next delivery takes it at once"
 
 
 def test_done_is_written_once_and_a_settled_study_stays_settled(stack):
