@@ -53,7 +53,7 @@ __all__ = [
 # Bump whenever any threshold (model.params), step or formula of the built-in
 # analyzer changes: results are stored under the model version, so a stale
 # version would mix outputs.
-MODEL_VERSION = "lungseg-0.9.2"
+MODEL_VERSION = "lungseg-0.9.3"
 
 
 @dataclass(frozen=True)

@@ -322,10 +322,16 @@ def _diaphragm_domes(tissue: torch.Tensor, region: torch.Tensor, sp_c: tuple[flo
     return dome
 
 
-def _mediastinum(side_c: torch.Tensor, body_fill_c: torch.Tensor) -> torch.Tensor:
+def _mediastinum(side_c: torch.Tensor, body_fill_c: torch.Tensor, bay: tuple[int, int, int] | None = None,
+                 heart: torch.Tensor | None = None, solid: torch.Tensor | None = None) -> torch.Tensor:
     """Per slice and row, the columns between the right lung's most medial voxel and the left lung's.
 
-    A row with one lung only runs from that lung to the body's midline.
+    A row with one lung only runs from that lung to the body's midline. With ``bay`` (rows ``lo``,
+    ``hi``; columns ``depth``), outside the rows of the ``heart``, the left lung's medial border where
+    it steps out by at least ``depth`` over a run of rows, with the border further in both in front
+    and behind, ``lo`` to ``hi`` rows apart, is a lesion the lung wraps round, not mediastinum: the
+    border there goes in as far as the nearer of the two, but no further than the right lung's
+    medial border, mirrored, and never across a coarse voxel of fat or air (not ``solid``).
     """
     x = side_c.shape[2]
     xs = torch.arange(x, device=side_c.device, dtype=torch.float32)
@@ -336,7 +342,74 @@ def _mediastinum(side_c: torch.Tensor, body_fill_c: torch.Tensor) -> torch.Tenso
     has_r, has_l = r_max >= 0, l_min < x
     r_edge = torch.where(has_r, r_max, mid.expand_as(r_max))
     l_edge = torch.where(has_l, l_min, mid.expand_as(l_min))
+    if bay is not None:
+        inf = float("inf")
+        floor = torch.where(has_r, 2.0 * mid - r_max, torch.full_like(r_max, inf))
+        if heart is not None:
+            floor = floor.masked_fill(heart.any(dim=2), inf)
+        stop = torch.full_like(floor, -inf)
+        if solid is not None:
+            # The last fat or air voxel medial of the aerated lung (its partial-volume rim aside).
+            stop = torch.where(~solid & (xs < (l_min - 1.0)[..., None]), xs, torch.full_like(xs, -1.0)).amax(dim=2) + 1.0
+        l_edge = torch.where(has_l, _bridged(l_min.masked_fill(~has_l, inf), bay, floor, stop), l_edge)
     return (xs > r_edge[..., None]) & (xs < l_edge[..., None]) & (has_r | has_l)[..., None]
+
+
+def _bridged(edge: torch.Tensor, bay: tuple[int, int, int], floor: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
+    """A medial border ``(Z, Y)`` (distance outward, inf where none) bridged over runs of rows where it steps out.
+
+    Where, within ``hi`` rows in front and within ``hi`` rows behind, the border lies at least
+    ``depth`` further in, and those rows are at least ``lo`` apart, the border here is the nearer of
+    the two, but not further in than ``floor`` (inf: not bridged) nor than the further of the two,
+    and never further in than ``stop``.
+    """
+    lo, hi, depth = bay
+    inf = float("inf")
+    y = edge.shape[1]
+    before = torch.full_like(edge, inf)
+    after = torch.full_like(edge, inf)
+    b_at = torch.zeros_like(edge)
+    a_at = torch.zeros_like(edge)
+    for k in range(1, min(hi, y - 1) + 1):
+        prev = torch.full_like(edge, inf)
+        prev[:, k:] = edge[:, :-k]
+        nxt = torch.full_like(edge, inf)
+        nxt[:, :-k] = edge[:, k:]
+        better = prev < before
+        before = torch.where(better, prev, before)
+        b_at = torch.where(better, torch.full_like(edge, float(k)), b_at)
+        better = nxt < after
+        after = torch.where(better, nxt, after)
+        a_at = torch.where(better, torch.full_like(edge, float(k)), a_at)
+    cap = torch.minimum(torch.maximum(before, after), torch.maximum(torch.minimum(before, after), floor))
+    cap = torch.maximum(cap, stop)
+    bridge = ((b_at + a_at) >= lo) & torch.isfinite(floor) & torch.isfinite(cap) & (edge - cap >= depth)
+    return torch.where(bridge, cap, edge)
+
+
+def _heart(tissue: torch.Tensor, region: torch.Tensor, sp_c: tuple[float, float, float], p: Params) -> torch.Tensor:
+    """The heart and what stands on the diaphragm with it: tissue grown up, slice by slice, from below the lung bases.
+
+    Each slice keeps the tissue outside the lung regions that lies within the slice below it, one
+    coarse voxel narrower every ``p.heart_narrow_mm``: the heart narrows as it rises; a lesion
+    above it, off its axis, is never reached.
+    """
+    heart = torch.zeros_like(tissue)
+    z_lung = torch.nonzero(region.flatten(1).any(dim=1)).squeeze(1)
+    if z_lung.numel() == 0:
+        return heart
+    z_base = int(z_lung.min())
+    free = tissue & (region == 0)
+    heart[: z_base + 1] = free[: z_base + 1]
+    every = max(1, int(round(p.heart_narrow_mm / sp_c[0])))
+    for z in range(z_base + 1, tissue.shape[0]):
+        below = heart[z - 1: z]
+        if (z - z_base) % every == 0:
+            below = erode(below, (0, 1, 1))
+        heart[z] = free[z] & below[0]
+        if not bool(heart[z].any()):
+            break
+    return heart
 
 
 def _skin_depth(body_fill: torch.Tensor, sp_c: tuple[float, float, float], max_mm: float) -> torch.Tensor:
@@ -433,16 +506,18 @@ def _wall_seeds(side_c: torch.Tensor, chest: Chest, p: Params) -> torch.Tensor:
     return out
 
 
-def _medial_seeds(side_c: torch.Tensor, chest: Chest, p: Params) -> torch.Tensor:
+def _medial_seeds(side_c: torch.Tensor, chest: Chest, solid: torch.Tensor, p: Params) -> torch.Tensor:
     """Beside the spine, where one lung's medial border lies far off the other's mirrored: its expected border.
 
     Beside the spine and behind the heart the lungs' medial borders are about symmetric: per slice row
     from ``p.medial_ahead_mm`` in front of the vertebral body back (for the right lung in every row: the
     heart pushes the left lung's border out, never the right's in), a lung whose most medial voxel lies
-    more than ``p.medial_tol_mm`` further from the body's midline than the other lung's (or that has
-    none in the row) has lost its medial part to a lesion; the other lung's medial border, mirrored, is
-    a seed of its outline. The tolerance exceeds the aorta's width, which moves the left border out.
-    Returns a uint8 side map of the seeds.
+    more than ``p.medial_tol_mm`` (right, left) further from the body's midline than the other lung's
+    (or that has none in the row) has lost its medial part to a lesion; the other lung's medial border,
+    mirrored, is a seed of its outline. The left tolerance exceeds the aorta's width, which moves the
+    left border out. A lesion is solid: between the lung and the seed, at most ``p.solid_frac`` of the
+    coarse voxels may be fat or air (not ``solid``), as they are beside the azygos, the oesophagus and
+    the hilum. Returns a uint8 side map of the seeds.
     """
     z, y, x = side_c.shape
     dev = side_c.device
@@ -469,8 +544,15 @@ def _medial_seeds(side_c: torch.Tensor, chest: Chest, p: Params) -> torch.Tensor
     for s, o in ((Side.RIGHT, Side.LEFT), (Side.LEFT, Side.RIGHT)):
         want = dist[o]
         rows = posterior if s == Side.LEFT else torch.ones_like(posterior)
-        lost = rows & torch.isfinite(want) & (dist[s] > want + p.medial_tol_mm / sp_x)
+        tol = p.medial_tol_mm[0 if s == Side.RIGHT else 1]
+        lost = rows & torch.isfinite(want) & (dist[s] > want + tol / sp_x)
         col = (mid - want) if s == Side.RIGHT else (mid + want)  # (Z, Y)
+        # The columns from the lung's medial voxel (its partial-volume rim aside) to the seed.
+        gap = (dist[s] - want - 1.0)[..., None]  # (Z, Y, 1); inf where the row has no lung
+        off = (mid - xs[None, :]) if s == Side.RIGHT else (xs[None, :] - mid)  # (Z, X)
+        span = (off[:, None, :] >= want[..., None] - 0.5) & (off[:, None, :] < want[..., None] + gap)
+        holes = (span & ~solid).sum(dim=2).float()
+        lost &= ~torch.isfinite(dist[s]) | (holes <= p.solid_frac * span.sum(dim=2).float())
         seed = lost[..., None] & ((xs[None, None, :] - col[..., None]).abs() <= 0.5) & body
         out[seed & (out == 0)] = s
     return out
@@ -575,9 +657,14 @@ def work_grid_lungs(chest: Chest, side: torch.Tensor, region: torch.Tensor, work
     inner_w = upsample(erode(region > 0, (0, 1, 1)) & ~dome_c, cf, work.shape)
     # Where a lesion has taken the lung's border, seeds of the border it had: beside the spine (which
     # also move the mediastinum's edge) and on the chest wall.
-    medial_c = _medial_seeds(side, chest, p)
+    solid_c = chest.grid.hu > p.solid_hu
+    medial_c = _medial_seeds(side, chest, solid_c, p)
     seeded = torch.where(medial_c > 0, medial_c, side)
-    med_c, skin_c = _mediastinum(seeded, chest.body_fill), body_edge(chest.body, sp_c)
+    # A lesion the left lung wraps round in front and behind is no mediastinum; the heart is.
+    heart_c = dilate(_heart(tissue_c, region, sp_c, p), (0, 2, 2))
+    bay = (round(p.bay_mm[0] / sp_c[1]), round(p.bay_mm[1] / sp_c[1]), max(1, round(p.bay_mm[2] / sp_c[2])))
+    med_c = _mediastinum(seeded, chest.body_fill, bay, heart_c, solid_c)
+    skin_c = body_edge(chest.body, sp_c)
     wall_c = _wall_seeds(side, chest, p)
     seeded = torch.where(wall_c > 0, wall_c, seeded)
     cavity_c = _pleural_cavity(seeded, med_c, chest.body_fill, sp_c, p)

@@ -44,9 +44,13 @@ class Params:
     wall_skip_deg: tuple[float, float, float] = (35.0, 30.0, 72.0)  # anterior, posterior half-angles, the heart's sector left of front
     bone_hu: float = 150.0  # bone on the coarse grid (ribs, the vertebral body)
     rib_z_mm: float = 12.0  # ribs are looked for this far above and below (they run obliquely)
-    medial_tol_mm: float = 30.0  # beside the spine, a medial border this much further out than the other's mirrored is lost
+    medial_tol_mm: tuple[float, float] = (15.0, 30.0)  # right, left: a medial border this much further out than the other's mirrored is lost
+    solid_hu: float = -60.0  # above this a coarse voxel is solid (lesion, vessel, heart), not fat or air
+    solid_frac: float = 0.4  # a lost medial border is seeded only across this share of fat or air at most
     medial_ahead_mm: float = 15.0  # ... in the rows from this far in front of the vertebral body back (behind the heart)
     spine_band_frac: float = 0.06  # the vertebral body lies within this share of the body's width of its midline
+    heart_narrow_mm: float = 10.0  # the heart, grown up from below the lung bases, narrows one coarse voxel per this height
+    bay_mm: tuple[float, float, float] = (40.0, 85.0, 20.0)  # a left medial border stepping out this deep (3rd) between rows this far apart wraps a lesion
     cavity_slab_mm: float = 4.0  # the per-slice lung hull uses the aerated lung this far above and below
 
 
