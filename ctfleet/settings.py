@@ -41,6 +41,7 @@ class Env:
     FLEET_IDLE_GRACE_S = "CTFLEET_FLEET_IDLE_GRACE_S"
     FLEET_HORIZON_S = "CTFLEET_FLEET_HORIZON_S"
     FLEET_HOOK_S = "CTFLEET_FLEET_HOOK_S"
+    FLEET_TYPES = "CTFLEET_FLEET_TYPES"
     WORKER_PREFETCH = "CTFLEET_WORKER_PREFETCH"
     AUTH_ISSUER = "CTFLEET_AUTH_ISSUER"
     AUTH_CLIENT_ID = "CTFLEET_AUTH_CLIENT_ID"
@@ -182,6 +183,9 @@ class Settings:
     fleet_backfill_horizon_s: float = 3600.0
     # How long the termination lifecycle hook holds a terminating instance.
     fleet_termination_hook_s: float = 300.0
+    # The GPU types the group's spot requests may take (after ``instance_type``, always the first):
+    # several, so one type's spot shortage in a zone does not stop the fleet.
+    fleet_instance_types: tuple[str, ...] = ("g5.xlarge", "g6.xlarge", "g4dn.xlarge")
     message_version: int = 1
     # How long a process trusts a facility's settings before reading them again.
     facility_config_cache_s: float = 60.0
@@ -199,6 +203,7 @@ class Settings:
         env = os.environ if environ is None else environ
         base = cls()
         facilities = tuple(f.strip() for f in env.get(Env.FACILITIES, "").split(",") if f.strip())
+        types = tuple(t.strip() for t in env.get(Env.FLEET_TYPES, "").split(",") if t.strip())
         return replace(
             base,
             stack=env.get(Env.STACK, base.stack),
@@ -224,6 +229,7 @@ class Settings:
             fleet_idle_grace_s=float(env.get(Env.FLEET_IDLE_GRACE_S, base.fleet_idle_grace_s)),
             fleet_backfill_horizon_s=float(env.get(Env.FLEET_HORIZON_S, base.fleet_backfill_horizon_s)),
             fleet_termination_hook_s=float(env.get(Env.FLEET_HOOK_S, base.fleet_termination_hook_s)),
+            fleet_instance_types=types or base.fleet_instance_types,
             worker_prefetch=env.get(Env.WORKER_PREFETCH, "1" if base.worker_prefetch else "0") != "0",
             auth_issuer=env.get(Env.AUTH_ISSUER) or None,
             auth_client_id=env.get(Env.AUTH_CLIENT_ID) or None,
@@ -257,6 +263,7 @@ class Settings:
             Env.FLEET_IDLE_GRACE_S: repr(self.fleet_idle_grace_s),
             Env.FLEET_HORIZON_S: repr(self.fleet_backfill_horizon_s),
             Env.FLEET_HOOK_S: repr(self.fleet_termination_hook_s),
+            Env.FLEET_TYPES: ",".join(self.fleet_instance_types),
             Env.WORKER_PREFETCH: "1" if self.worker_prefetch else "0",
         }
         if self.endpoint_url:
@@ -390,7 +397,9 @@ class Settings:
     def fleet(self) -> FleetSpec:
         """The spot GPU group (``{stack}-fleet``) and its sizing."""
         return FleetSpec(group_name=f"{self.stack}-fleet", max_size=self.fleet_max,
-                         instance_types=(self.instance_type,), boot_s=self.fleet_boot_s,
+                         instance_types=(self.instance_type, *(t for t in self.fleet_instance_types
+                                                               if t != self.instance_type)),
+                         boot_s=self.fleet_boot_s,
                          idle_grace_s=self.fleet_idle_grace_s, backfill_horizon_s=self.fleet_backfill_horizon_s,
                          termination_hook_s=self.fleet_termination_hook_s)
 

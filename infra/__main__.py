@@ -39,7 +39,22 @@ import pulumi
 import pulumi_aws as aws
 
 from ctfleet.settings import Settings
-from infra.components import Alerts, AlertsArgs, Queues, QueuesArgs, Storage, StorageArgs, Tables, TablesArgs
+from infra.components import (
+    Alerts,
+    AlertsArgs,
+    Fleet,
+    FleetArgs,
+    Image,
+    ImageArgs,
+    Network,
+    NetworkArgs,
+    Queues,
+    QueuesArgs,
+    Storage,
+    StorageArgs,
+    Tables,
+    TablesArgs,
+)
 
 # The runtime's default stack name doubles as the project prefix, so a
 # deployed stack's names read as ``ctfleet-dev-...`` next to the local ``ctfleet-...``.
@@ -108,13 +123,23 @@ def settings_for_stack(
     )
 
 
-def build(settings: Settings) -> dict[str, Any]:
+def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ...] = (),
+          image_source: str | None = None, image_version: str = "1.0.0") -> dict[str, Any]:
     """Declare every resource ``settings`` names and return the stack outputs.
 
     Parameters
     ----------
     settings
         The stack's settings; every resource name comes from here.
+    ami_id
+        The worker AMI (config ``ctfleet:amiId``, built as ``ami/README.md`` says); ``None``
+        declares no fleet (the first ``pulumi up`` of a new account, before any AMI exists).
+    zones
+        Availability zones of the workers' subnets (config ``ctfleet:zones``); empty: the first
+        two the region reports.
+    image_source, image_version
+        The worker AMI's Image Builder pipeline (config ``ctfleet:imageSource``, the ``s3://`` URI of
+        the repository archive, and ``ctfleet:imageVersion``); ``None`` declares no pipeline.
 
     Returns
     -------
@@ -143,6 +168,21 @@ def build(settings: Settings) -> dict[str, Any]:
         "alerts",
         AlertsArgs.from_settings(settings, account_id=identity.account_id, partition=partition, tags=tags),
     )
+    network = Network("network", NetworkArgs.from_settings(settings, zones=zones, tags=tags))
+    fleet = None
+    if ami_id:
+        fleet = Fleet("fleet", FleetArgs(
+            fleet=settings.fleet, ami_id=ami_id, env=settings.to_env(), log_group=settings.log_group,
+            subnet_ids=[s.id for s in network.subnets], security_group_id=network.worker_group.id,
+            job_queue_arns=[queues.queues[r].arn for r in ("urgent", "backfill")],
+            dead_letter_arns=[queues.dlqs[r].arn for r in ("urgent", "backfill")],
+            studies_bucket_arn=storage.buckets["studies"].arn, results_bucket_arn=storage.buckets["results"].arn,
+            key_arn=storage.key.arn,
+            table_arns=[tables.tables[r].arn for r in ("studies", "facilities", "ledger")],
+            region=settings.region, account_id=identity.account_id, partition=partition, tags=tags))
+    else:
+        pulumi.log.warn("no ctfleet:amiId: the GPU fleet is not declared; build the worker AMI (ami/README.md) "
+                        "and set ctfleet:amiId")
 
     outputs: dict[str, Any] = {
         "stack": settings.stack,
@@ -165,6 +205,16 @@ def build(settings: Settings) -> dict[str, Any]:
     for role, table in tables.tables.items():
         outputs[f"{role}_table"] = table.name
         outputs[f"{role}_table_arn"] = table.arn
+    if image_source:
+        image = Image("image", ImageArgs(stack=settings.stack, region=settings.region, version=image_version,
+                                         source_uri=image_source, partition=partition, tags=tags))
+        outputs["image_pipeline_arn"] = image.pipeline.arn
+    outputs["vpc_id"] = network.vpc.id
+    outputs["worker_subnet_ids"] = [s.id for s in network.subnets]
+    if fleet is not None:
+        outputs["fleet_group"] = fleet.group.name
+        outputs["fleet_launch_template_id"] = fleet.template.id
+        outputs["worker_role_arn"] = fleet.role.arn
     outputs["studies_table_stream_arn"] = tables.tables["studies"].stream_arn
     outputs["uploads_table_stream_arn"] = tables.tables["uploads"].stream_arn
     return outputs
@@ -186,7 +236,10 @@ def main() -> None:
             f"CTFLEET_STACK={base.stack!r} in the environment is ignored; this stack's names use "
             f"{settings.stack!r} (set ctfleet:stack to choose it)"
         )
-    for name, value in build(settings).items():
+    zones = tuple(z.strip() for z in (config.get("zones") or "").split(",") if z.strip())
+    declared = build(settings, ami_id=config.get("amiId"), zones=zones, image_source=config.get("imageSource"),
+                     image_version=config.get("imageVersion") or "1.0.0")
+    for name, value in declared.items():
         pulumi.export(name, value)
 
 

@@ -3,7 +3,7 @@
 Each component takes a frozen ``*Args`` dataclass, built from
 :class:`ctfleet.settings.Settings` by its ``from_settings`` constructor, so the
 names and attributes declared here are the ones the runtime reads:
-``alerts``, ``queues``, ``storage`` and ``tables``. Two helper modules hold
+``alerts``, ``fleet``, ``image``, ``network``, ``queues``, ``storage`` and ``tables``. Two helper modules hold
 what more than one component declares the same way: ``keys`` (a rotated
 customer KMS key and its alias) and ``policies`` (IAM policy documents).
 
@@ -12,6 +12,9 @@ nothing else from ctfleet.
 """
 
 from infra.components.alerts import Alerts, AlertsArgs
+from infra.components.fleet import Fleet, FleetArgs
+from infra.components.image import Image, ImageArgs
+from infra.components.network import Network, NetworkArgs
 from infra.components.queues import Queues, QueuesArgs
 from infra.components.storage import Storage, StorageArgs
 from infra.components.tables import Tables, TablesArgs
@@ -19,6 +22,12 @@ from infra.components.tables import Tables, TablesArgs
 __all__ = [
     "Alerts",
     "AlertsArgs",
+    "Fleet",
+    "FleetArgs",
+    "Image",
+    "ImageArgs",
+    "Network",
+    "NetworkArgs",
     "Queues",
     "QueuesArgs",
     "Storage",

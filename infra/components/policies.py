@@ -73,3 +73,33 @@ def policy_document(*statements: Mapping[str, Any]) -> pulumi.Output[str]:
         The document, resolved once every ``Output`` inside it is.
     """
     return pulumi.Output.json_dumps({"Version": POLICY_VERSION, "Statement": list(statements)})
+
+
+def allow(
+    sid: str,
+    action: Sequence[str],
+    resource: Sequence[pulumi.Input[str]],
+    condition: Mapping[str, Mapping[str, pulumi.Input[str]]] | None = None,
+) -> dict[str, Any]:
+    """One ``Allow`` statement of an identity policy (a role's: it names no principal).
+
+    Parameters
+    ----------
+    sid
+        The statement's id.
+    action
+        The actions, each named in full (never a wildcard).
+    resource
+        The resource ARNs (plain or ``pulumi.Output``).
+    condition
+        The statement's ``Condition`` block; ``None`` leaves the key out.
+
+    Returns
+    -------
+    dict
+        The statement, ready for :func:`policy_document`.
+    """
+    declared: dict[str, Any] = {"Sid": sid, "Effect": "Allow", "Action": list(action), "Resource": list(resource)}
+    if condition is not None:
+        declared["Condition"] = condition
+    return declared

@@ -13,157 +13,40 @@ import ast
 import dataclasses
 import importlib
 import json
-import typing
 import logging
 import os
 import runpy
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+import typing
+from dataclasses import replace
 from typing import Any
 
 import pulumi
 import pytest
+from pulumi_mocks import (
+    ACCESS_BLOCK, ACCOUNT, BUCKET, BUCKET_POLICY, ENCRYPTION, KEY, LIFECYCLE, NOTIFICATION, QUEUE, QUEUE_POLICY,
+    REDRIVE_ALLOW, REGION, REPO, TABLE, TOPIC, VERSIONING, Program, RecordingMocks, run_program,
+)
 
 from ctfleet import contracts
 from ctfleet.settings import IndexSpec, QueueSpec, Settings, TableSpec
 
-# pulumi_aws warns about its deprecated V2 classes when its s3 module is
+# pulumi_aws warns about its deprecated classes when its s3 and ec2 modules are
 # imported, whatever the program uses; what the program uses is checked by
 # test_program_uses_no_deprecated_argument_or_resource.
-pytestmark = pytest.mark.filterwarnings(r"ignore:.*deprecated in favor of:DeprecationWarning:pulumi_aws\.s3\..*")
-
-REPO = Path(__file__).resolve().parents[2]
-ACCOUNT = "123456789012"
-REGION = "eu-central-1"
-
-BUCKET = "aws:s3/bucket:Bucket"
-ENCRYPTION = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
-ACCESS_BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
-BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
-LIFECYCLE = "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"
-VERSIONING = "aws:s3/bucketVersioning:BucketVersioning"
-NOTIFICATION = "aws:s3/bucketNotification:BucketNotification"
-QUEUE = "aws:sqs/queue:Queue"
-QUEUE_POLICY = "aws:sqs/queuePolicy:QueuePolicy"
-REDRIVE_ALLOW = "aws:sqs/redriveAllowPolicy:RedriveAllowPolicy"
-TABLE = "aws:dynamodb/table:Table"
-TOPIC = "aws:sns/topic:Topic"
-KEY = "aws:kms/key:Key"
-
-
-# -- the mocked engine ----------------------------------------------------------------
-
-
-@dataclass
-class Recorded:
-    """One resource as the program declared it (inputs use the provider's camelCase names)."""
-
-    typ: str
-    name: str
-    inputs: dict[str, Any]
-    state: dict[str, Any]
-
-
-class RecordingMocks(pulumi.runtime.Mocks):
-    """Records every resource and answers with the attributes AWS would compute."""
-
-    def __init__(self) -> None:
-        self.resources: list[Recorded] = []
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
-        inputs = dict(args.inputs)
-        state = dict(inputs)
-        resource_id = f"{args.name}-id"
-        if args.typ == BUCKET:
-            resource_id = inputs["bucket"]
-            state["arn"] = f"arn:aws:s3:::{inputs['bucket']}"
-        elif args.typ == QUEUE:
-            resource_id = f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{inputs['name']}"
-            state.update(url=resource_id, arn=f"arn:aws:sqs:{REGION}:{ACCOUNT}:{inputs['name']}")
-        elif args.typ == TABLE:
-            state["arn"] = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{inputs['name']}"
-            if inputs.get("streamEnabled"):
-                state["streamArn"] = f"{state['arn']}/stream/2024-01-01T00:00:00.000"
-        elif args.typ == TOPIC:
-            state["arn"] = f"arn:aws:sns:{REGION}:{ACCOUNT}:{inputs['name']}"
-        elif args.typ == KEY:
-            state.update(keyId=f"key-{args.name}", arn=f"arn:aws:kms:{REGION}:{ACCOUNT}:key/key-{args.name}")
-        self.resources.append(Recorded(args.typ, args.name, inputs, state))
-        return resource_id, state
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
-            return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/test", "userId": "TEST", "id": ACCOUNT}, []
-        if args.token == "aws:index/getPartition:getPartition":
-            return {"partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws", "id": "aws"}, []
-        raise AssertionError(f"unexpected invoke {args.token}")
-
-    # -- queries ------------------------------------------------------------------
-
-    def of_type(self, typ: str) -> list[Recorded]:
-        return [r for r in self.resources if r.typ == typ]
-
-    def one(self, typ: str, **inputs: Any) -> Recorded:
-        """The one resource of ``typ`` whose inputs include ``inputs``."""
-        found = [r for r in self.of_type(typ) if all(r.inputs.get(k) == v for k, v in inputs.items())]
-        assert len(found) == 1, f"expected one {typ} with {inputs}, found {[r.name for r in found]}"
-        return found[0]
-
-    def bucket_arn(self, name: str) -> str:
-        return self.one(BUCKET, bucket=name).state["arn"]
-
-    def for_bucket(self, typ: str, bucket: str) -> list[Recorded]:
-        """Resources of ``typ`` attached to ``bucket`` (by its id, which is its name)."""
-        return [r for r in self.of_type(typ) if r.inputs.get("bucket") == bucket]
-
-
-@dataclass
-class Program:
-    mocks: RecordingMocks
-    outputs: dict[str, Any]
-    # What the program logged through the engine (pulumi.log), e.g. the
-    # provider SDK's "X is deprecated" warnings for arguments we pass.
-    logged: list[logging.LogRecord]
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-def run_program(program: Callable[[], dict[str, Any]], stack: str = "test") -> Program:
-    """Run ``program`` in a fresh mocked engine and resolve what it returns."""
-    mocks = RecordingMocks()
-    records = _Records()
-    logger = logging.getLogger(f"{__name__}.engine.{id(records)}")
-    logger.propagate = False
-    logger.addHandler(records)
-    pulumi.runtime.set_mocks(mocks, project="ctfleet", stack=stack, preview=False, logger=logger)
-    outputs: dict[str, Any] = {}
-
-    @pulumi.runtime.test
-    def run() -> pulumi.Output[Any]:
-        return pulumi.Output.from_input(program()).apply(outputs.update)
-
-    run()  # returns after every registration has completed
-    return Program(mocks, outputs, records.records)
-
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*deprecated in favor of:DeprecationWarning:pulumi_aws\..*")
 
 # Non-default values everywhere the program reads settings, so a hard-coded
 # name or number in infra/ cannot pass by coincidence.
 SETTINGS = Settings(stack="ctfleet-t1", bucket_suffix="x9", raw_expiry_days=3, region=REGION)
+AMI = "ami-0123456789abcdef0"
+ZONES = (f"{REGION}a", f"{REGION}b")
 
 
 @pytest.fixture(scope="module")
 def program() -> Program:
     from infra.__main__ import build
 
-    return run_program(lambda: build(SETTINGS))
+    return run_program(lambda: build(SETTINGS, ami_id=AMI, zones=ZONES))
 
 
 # -- names ----------------------------------------------------------------------------
@@ -426,7 +309,7 @@ def test_every_component_takes_a_frozen_dataclass_of_args() -> None:
 
     classes = [getattr(components, name) for name in components.__all__]
     resources = [c for c in classes if issubclass(c, pulumi.ComponentResource)]
-    assert len(resources) == 4
+    assert len(resources) == 7
     for component in resources:
         args = typing.get_type_hints(component.__init__)["args"]
         assert isinstance(args, type) and args.__name__ == f"{component.__name__}Args", component
