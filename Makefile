@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: setup browser dicom-tools lint demo test test-unit test-integration bench validate soak-backfill lock clean
+.PHONY: setup browser dicom-tools lint demo test test-unit test-integration bench validate soak-backfill lambda-asset lock clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ test-integration: setup
 # Speed as ratios to pydicom's own read time, measured in the same run (not part of `make test`).
 bench: setup
 	$(BIN)/python -m ctfleet.dev.bench --out docs/benchmarks.md
+
+# The functions' code (ctfleet/ and dispatcher/ with their pinned dependencies, no torch) for `pulumi up`.
+lambda-asset: setup
+	$(BIN)/python -m infra.asset --out build/lambda.zip
 
 # The backfill acceptance run at full size: 200 generated studies through the local stack,
 # killed with SIGKILL midway and resumed (make test runs the same test on 10 studies).
