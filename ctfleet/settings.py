@@ -87,6 +87,12 @@ class TableSpec:
 # Studies per minute one instance of each type analyses (model 0.3, ~400-slice chest CT,
 # measured or estimated from the CPU benchmark scaled by GPU throughput); the scaler sizes
 # the fleet with these. An unknown type counts as the slowest.
+# Cognito groups: every user is in one facility's group and one role's (ctfleet.access reads them
+# from the token; infra/ declares them).
+FACILITY_GROUP = "facility:"
+ROLE_GROUP = "role:"
+ROLES = ("clinician", "radiologist", "it", "finance")
+
 THROUGHPUT_PER_MIN = {
     "g4dn.xlarge": 1.5,
     "g4dn.2xlarge": 1.8,
@@ -416,6 +422,11 @@ class Settings:
     def facility_topic(self, facility: str) -> str:
         """The SNS topic of one facility's alerts (the local stack creates one per facility)."""
         return f"{self.stack}-alerts-{facility}"
+
+    @property
+    def user_groups(self) -> tuple[str, ...]:
+        """The user pool's groups: ``facility:<id>`` per facility, then ``role:<name>`` per role."""
+        return tuple(f"{FACILITY_GROUP}{f}" for f in self.facilities) + tuple(f"{ROLE_GROUP}{r}" for r in ROLES)
 
     def facility_secret_name(self, facility: str) -> str:
         """Secrets Manager name of a facility's HMAC secret."""

@@ -44,6 +44,8 @@ from infra.components import (
     AlertsArgs,
     Fleet,
     FleetArgs,
+    Identity,
+    IdentityArgs,
     Image,
     ImageArgs,
     Network,
@@ -168,6 +170,7 @@ def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ..
         "alerts",
         AlertsArgs.from_settings(settings, account_id=identity.account_id, partition=partition, tags=tags),
     )
+    users = Identity("identity", IdentityArgs.from_settings(settings, tags=tags))
     network = Network("network", NetworkArgs.from_settings(settings, zones=zones, tags=tags))
     fleet = None
     if ami_id:
@@ -209,6 +212,11 @@ def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ..
         image = Image("image", ImageArgs(stack=settings.stack, region=settings.region, version=image_version,
                                          source_uri=image_source, partition=partition, tags=tags))
         outputs["image_pipeline_arn"] = image.pipeline.arn
+    outputs["user_pool_id"] = users.pool.id
+    outputs["web_client_id"] = users.client.id
+    outputs["auth_issuer"] = pulumi.Output.concat("https://cognito-idp.", settings.region, ".amazonaws.com/",
+                                                  users.pool.id)
+    outputs["facility_secret_arns"] = {f: s.arn for f, s in users.secrets.items()}
     outputs["vpc_id"] = network.vpc.id
     outputs["worker_subnet_ids"] = [s.id for s in network.subnets]
     if fleet is not None:

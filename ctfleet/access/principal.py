@@ -23,17 +23,12 @@ from typing import Any
 
 from ctfleet.contracts import Reason
 from ctfleet.errors import Forbidden, Unauthenticated
-
-FACILITY_GROUP = "facility:"
-ROLE_GROUP = "role:"
+from ctfleet.settings import FACILITY_GROUP, ROLE_GROUP, ROLES
 
 
 class Role:
-    CLINICIAN = "clinician"
-    RADIOLOGIST = "radiologist"
-    IT = "it"
-    FINANCE = "finance"
-    ALL = (CLINICIAN, RADIOLOGIST, IT, FINANCE)
+    CLINICIAN, RADIOLOGIST, IT, FINANCE = ROLES
+    ALL = ROLES
 
 
 class Right:

@@ -309,7 +309,7 @@ def test_every_component_takes_a_frozen_dataclass_of_args() -> None:
 
     classes = [getattr(components, name) for name in components.__all__]
     resources = [c for c in classes if issubclass(c, pulumi.ComponentResource)]
-    assert len(resources) == 7
+    assert len(resources) == 8
     for component in resources:
         args = typing.get_type_hints(component.__init__)["args"]
         assert isinstance(args, type) and args.__name__ == f"{component.__name__}Args", component
