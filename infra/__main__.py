@@ -153,7 +153,8 @@ def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ..
     # Tagged for cost allocation: finance splits the bill by stack.
     tags = {"ctfleet:stack": settings.stack}
 
-    queues = Queues("queues", QueuesArgs.from_settings(settings, tags=tags))
+    queues = Queues("queues", QueuesArgs.from_settings(settings, tags=tags, account_id=identity.account_id,
+                                                       partition=partition))
     tables = Tables("tables", TablesArgs.from_settings(settings, tags=tags))
     ingest = queues.queues["ingest"]
     storage = Storage(
@@ -180,7 +181,7 @@ def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ..
             job_queue_arns=[queues.queues[r].arn for r in ("urgent", "backfill")],
             dead_letter_arns=[queues.dlqs[r].arn for r in ("urgent", "backfill")],
             studies_bucket_arn=storage.buckets["studies"].arn, results_bucket_arn=storage.buckets["results"].arn,
-            key_arn=storage.key.arn,
+            key_arn=storage.key.arn, queue_key_arn=queues.key.arn,
             table_arns=[tables.tables[r].arn for r in ("studies", "facilities", "ledger")],
             region=settings.region, account_id=identity.account_id, partition=partition, tags=tags))
     else:

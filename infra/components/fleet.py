@@ -61,8 +61,8 @@ class FleetArgs:
         The urgent and backfill queues the workers take jobs from, and their dead-letter queues.
     studies_bucket_arn, results_bucket_arn
         The de-identified studies (read ``studies/``) and the results (write ``results/``).
-    key_arn
-        The storage KMS key those buckets are encrypted with.
+    key_arn, queue_key_arn
+        The storage KMS key those buckets are encrypted with, and the queues' key.
     table_arns
         Tables the workers read and write: studies, facilities, ledger.
     root_volume_gb, root_device
@@ -82,6 +82,7 @@ class FleetArgs:
     studies_bucket_arn: pulumi.Input[str]
     results_bucket_arn: pulumi.Input[str]
     key_arn: pulumi.Input[str]
+    queue_key_arn: pulumi.Input[str]
     table_arns: Sequence[pulumi.Input[str]]
     region: str
     account_id: pulumi.Input[str]
@@ -134,6 +135,8 @@ def worker_policy(args: FleetArgs, group_arn: pulumi.Input[str], log_group_arn: 
         allow("WriteResults", ["s3:PutObject"], [results]),
         allow("StorageKey", ["kms:Decrypt", "kms:GenerateDataKey"], [args.key_arn],
               {"StringEquals": {"kms:ViaService": f"s3.{args.region}.amazonaws.com"}}),
+        allow("QueueKey", ["kms:Decrypt", "kms:GenerateDataKey"], [args.queue_key_arn],
+              {"StringEquals": {"kms:ViaService": f"sqs.{args.region}.amazonaws.com"}}),
         allow("Tables", ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], args.table_arns),
         allow("Logs", ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
               [log_group_arn, pulumi.Output.concat(log_group_arn, ":log-stream:*")]),

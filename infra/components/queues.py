@@ -1,7 +1,7 @@
 """SQS queues: ingest, urgent and backfill, each with its dead-letter queue.
 
-Per role: the queue (SSE-SQS, redriving to its DLQ after ``max_receive_count``
-receives), the DLQ, and the DLQ's redrive-allow policy naming that queue alone.
+Per role: the queue (SSE-KMS with the component's customer key, redriving to its DLQ after
+``max_receive_count`` receives), the DLQ, and the DLQ's redrive-allow policy naming that queue alone.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import pulumi
 import pulumi_aws as aws
 
 from ctfleet.settings import QueueSpec, Settings
+from infra.components.keys import customer_key
+from infra.components.policies import policy_document, statement
 
 # SQS limits (standard queues); checked here so a bad setting fails at
 # `pulumi preview` with a message naming it, not halfway through `pulumi up`.
@@ -23,6 +25,8 @@ _MAX_LONG_POLL_S = 20
 _MIN_RETENTION_S = 60
 _MAX_RETENTION_S = 14 * 24 * 3600
 _MAX_RECEIVE_COUNT = 1000
+# How long SQS reuses a data key before asking KMS again (fewer KMS calls, at the same protection).
+DATA_KEY_REUSE_S = 300
 
 
 def _check_queue(role: str, spec: QueueSpec) -> None:
@@ -73,6 +77,8 @@ class QueuesArgs:
     """
 
     queues: Mapping[str, QueueSpec]
+    account_id: pulumi.Input[str] = ""
+    partition: pulumi.Input[str] = "aws"
     tags: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,7 +86,8 @@ class QueuesArgs:
             _check_queue(role, spec)
 
     @classmethod
-    def from_settings(cls, settings: Settings, tags: Mapping[str, str] | None = None) -> "QueuesArgs":
+    def from_settings(cls, settings: Settings, tags: Mapping[str, str] | None = None, *,
+                      account_id: pulumi.Input[str] = "", partition: pulumi.Input[str] = "aws") -> "QueuesArgs":
         """The queues ``settings`` names.
 
         Parameters
@@ -100,6 +107,8 @@ class QueuesArgs:
                 "urgent": settings.urgent_queue,
                 "backfill": settings.backfill_queue,
             },
+            account_id=account_id,
+            partition=partition,
             tags=dict(tags or {}),
         )
 
@@ -107,10 +116,10 @@ class QueuesArgs:
 class Queues(pulumi.ComponentResource):
     """Each queue in :class:`QueuesArgs` with its dead-letter queue.
 
-    Every queue is encrypted at rest with SQS-managed keys (SSE-SQS) rather
-    than a KMS key: S3 event notifications cannot be delivered to a queue
-    encrypted with the AWS-managed ``aws/sqs`` key, and a customer key would
-    need a key-policy grant to ``s3.amazonaws.com`` for no gain in control.
+    Every queue is encrypted at rest with the component's customer KMS key (``key``). Its key
+    policy leaves its use to IAM in this account and lets S3 encrypt the upload notifications it
+    sends to the ingest queue (for this account's buckets only); the roles that send and receive
+    hold ``kms:GenerateDataKey`` / ``kms:Decrypt`` on it through SQS.
 
     Attributes
     ----------
@@ -135,6 +144,18 @@ class Queues(pulumi.ComponentResource):
         super().__init__("ctfleet:infra:Queues", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         tags = dict(args.tags)
+        self.key: aws.kms.Key = customer_key(
+            name, description="ctfleet job queues", alias=f"alias/{next(iter(args.queues.values())).name}-queues",
+            tags=tags, opts=child,
+            policy=policy_document(
+                statement("AccountAdministers", "Allow",
+                          {"AWS": pulumi.Output.format("arn:{0}:iam::{1}:root", args.partition, args.account_id)},
+                          "kms:*", "*"),
+                statement("S3Notifies", "Allow", {"Service": "s3.amazonaws.com"},
+                          ["kms:Decrypt", "kms:GenerateDataKey"], "*",
+                          {"StringEquals": {"aws:SourceAccount": args.account_id}}),
+            ))
+        encryption = {"kms_master_key_id": self.key.arn, "kms_data_key_reuse_period_seconds": DATA_KEY_REUSE_S}
         self.queues: dict[str, aws.sqs.Queue] = {}
         self.dlqs: dict[str, aws.sqs.Queue] = {}
         for role, spec in args.queues.items():
@@ -142,7 +163,7 @@ class Queues(pulumi.ComponentResource):
                 f"{name}-{role}-dlq",
                 name=spec.dlq_name,
                 message_retention_seconds=spec.dlq_retention_s,
-                sqs_managed_sse_enabled=True,
+                **encryption,
                 tags=tags,
                 opts=child,
             )
@@ -155,7 +176,7 @@ class Queues(pulumi.ComponentResource):
                 redrive_policy=pulumi.Output.json_dumps(
                     {"deadLetterTargetArn": dlq.arn, "maxReceiveCount": spec.max_receive_count}
                 ),
-                sqs_managed_sse_enabled=True,
+                **encryption,
                 tags=tags,
                 opts=child,
             )

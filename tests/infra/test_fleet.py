@@ -186,6 +186,9 @@ def test_worker_role_reads_studies_writes_results_and_never_touches_raw(program:
     groups = [r for st in policy["Statement"] for a in st["Action"] if a.startswith("autoscaling:")
               for r in st["Resource"]]
     assert groups and all(r.endswith(f":autoScalingGroupName/{SETTINGS.fleet.group_name}") for r in groups)
+    keys = {st["Sid"]: st for st in policy["Statement"] if any(a.startswith("kms:") for a in st["Action"])}
+    assert {st["Condition"]["StringEquals"]["kms:ViaService"] for st in keys.values()} == {
+        f"s3.{REGION}.amazonaws.com", f"sqs.{REGION}.amazonaws.com"}, "keys only through S3 and SQS"
     logs = {r for st in policy["Statement"] for a in st["Action"] if a.startswith("logs:") for r in st["Resource"]}
     assert logs and all(f":log-group:{SETTINGS.log_group}" in r for r in logs)
 
@@ -216,7 +219,8 @@ def test_fleet_args_reject_what_would_not_run() -> None:
 
     base: dict[str, Any] = dict(fleet=SETTINGS.fleet, ami_id=AMI, env={}, log_group="/x", subnet_ids=[],
                                 security_group_id="sg", job_queue_arns=[], dead_letter_arns=[],
-                                studies_bucket_arn="a", results_bucket_arn="b", key_arn="k", table_arns=[],
+                                studies_bucket_arn="a", results_bucket_arn="b", key_arn="k", queue_key_arn="q",
+                                table_arns=[],
                                 region=REGION, account_id="1")
     FleetArgs(**base)
     with pytest.raises(ValueError, match="AMI id"):

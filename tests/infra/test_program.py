@@ -103,13 +103,24 @@ def test_queue_attributes_and_redrive_follow_the_spec(program: Program, role: st
     assert redrive == {"deadLetterTargetArn": dlq.state["arn"], "maxReceiveCount": spec.max_receive_count}
     assert dlq.inputs["messageRetentionSeconds"] == spec.dlq_retention_s
     assert "redrivePolicy" not in dlq.inputs
+    [key] = [k for k in m.of_type(KEY) if k.name == "queues-key"]
     for q in (queue, dlq):
-        assert q.inputs["sqsManagedSseEnabled"] is True
+        assert q.inputs["kmsMasterKeyId"] == key.state["arn"] and "sqsManagedSseEnabled" not in q.inputs
     allow = m.one(REDRIVE_ALLOW, queueUrl=dlq.state["url"])
     assert json.loads(allow.inputs["redriveAllowPolicy"]) == {
         "redrivePermission": "byQueue",
         "sourceQueueArns": [queue.state["arn"]],
     }
+
+
+def test_queue_key_lets_s3_of_this_account_notify_and_leaves_the_rest_to_iam(program: Program) -> None:
+    [key] = [k for k in program.mocks.of_type(KEY) if k.name == "queues-key"]
+    statements = {st["Sid"]: st for st in json.loads(key.inputs["policy"])["Statement"]}
+    assert set(statements) == {"AccountAdministers", "S3Notifies"}
+    assert statements["AccountAdministers"]["Principal"] == {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}
+    s3 = statements["S3Notifies"]
+    assert s3["Principal"] == {"Service": "s3.amazonaws.com"} and sorted(s3["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey"]
+    assert s3["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
 
 
 def test_queue_args_reject_what_sqs_would() -> None:
