@@ -419,6 +419,11 @@ class Settings:
     def alerts_topic(self) -> str:
         return f"{self.stack}-alerts"
 
+    @property
+    def operations_topic(self) -> str:
+        """The operators' alarms (never the clinicians' triage alerts)."""
+        return f"{self.stack}-operations"
+
     def facility_topic(self, facility: str) -> str:
         """The SNS topic of one facility's alerts (the local stack creates one per facility)."""
         return f"{self.stack}-alerts-{facility}"

@@ -48,6 +48,8 @@ from infra.components import (
     IdentityArgs,
     Image,
     ImageArgs,
+    Monitoring,
+    MonitoringArgs,
     Network,
     NetworkArgs,
     Queues,
@@ -209,10 +211,18 @@ def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ..
     for role, table in tables.tables.items():
         outputs[f"{role}_table"] = table.name
         outputs[f"{role}_table_arn"] = table.arn
+    specs = (settings.ingest_queue, settings.urgent_queue, settings.backfill_queue)
+    monitoring = Monitoring("monitoring", MonitoringArgs(
+        stack=settings.stack, region=settings.region, topic_name=settings.operations_topic,
+        job_queues=[q.name for q in specs],
+        urgent_queue=settings.urgent_queue.name, dead_letter_queues=[q.dlq_name for q in specs],
+        group_name=settings.fleet.group_name, account_id=identity.account_id, partition=partition,
+        worker_log_group=fleet.log_group.name if fleet is not None else None, tags=tags))
     if image_source:
         image = Image("image", ImageArgs(stack=settings.stack, region=settings.region, version=image_version,
                                          source_uri=image_source, partition=partition, tags=tags))
         outputs["image_pipeline_arn"] = image.pipeline.arn
+    outputs["operations_topic_arn"] = monitoring.topic.arn
     outputs["user_pool_id"] = users.pool.id
     outputs["web_client_id"] = users.client.id
     outputs["auth_issuer"] = pulumi.Output.concat("https://cognito-idp.", settings.region, ".amazonaws.com/",

@@ -195,7 +195,9 @@ class Fleet(pulumi.ComponentResource):
         self.group = aws.autoscaling.Group(
             f"{name}-group", name=spec.group_name, min_size=0, max_size=spec.max_size,
             vpc_zone_identifiers=list(args.subnet_ids), capacity_rebalance=True,
-            health_check_type="EC2", default_cooldown=0,
+            health_check_type="EC2", default_cooldown=0, metrics_granularity="1Minute",
+            enabled_metrics=["GroupDesiredCapacity", "GroupInServiceInstances", "GroupPendingInstances",
+                             "GroupTerminatingInstances"],
             mixed_instances_policy=aws.autoscaling.GroupMixedInstancesPolicyArgs(
                 instances_distribution=aws.autoscaling.GroupMixedInstancesPolicyInstancesDistributionArgs(
                     on_demand_base_capacity=0, on_demand_percentage_above_base_capacity=0,

@@ -59,7 +59,7 @@ def test_every_name_is_the_settings_name(program: Program) -> None:
         n for q in SETTINGS.queues for n in (q.name, q.dlq_name)
     )
     assert sorted(r.inputs["name"] for r in m.of_type(TABLE)) == sorted(t.name for t in SETTINGS.tables)
-    assert [r.inputs["name"] for r in m.of_type(TOPIC)] == [SETTINGS.alerts_topic]
+    assert sorted(r.inputs["name"] for r in m.of_type(TOPIC)) == sorted([SETTINGS.alerts_topic, SETTINGS.operations_topic])
     # Exact names: nothing relies on Pulumi's auto-naming (which appends a suffix).
     for r in m.of_type(BUCKET):
         assert "bucketPrefix" not in r.inputs
@@ -320,7 +320,7 @@ def test_every_component_takes_a_frozen_dataclass_of_args() -> None:
 
     classes = [getattr(components, name) for name in components.__all__]
     resources = [c for c in classes if issubclass(c, pulumi.ComponentResource)]
-    assert len(resources) == 8
+    assert len(resources) == 9
     for component in resources:
         args = typing.get_type_hints(component.__init__)["args"]
         assert isinstance(args, type) and args.__name__ == f"{component.__name__}Args", component
@@ -385,7 +385,7 @@ def test_program_as_pulumi_runs_it_names_resources_after_the_stack(clean_env: py
         n for q in expected.queues for n in (q.name, q.dlq_name)
     )
     assert sorted(r.inputs["name"] for r in ran.mocks.of_type(TABLE)) == sorted(t.name for t in expected.tables)
-    assert [r.inputs["name"] for r in ran.mocks.of_type(TOPIC)] == [expected.alerts_topic]
+    assert sorted(r.inputs["name"] for r in ran.mocks.of_type(TOPIC)) == sorted([expected.alerts_topic, expected.operations_topic])
 
 
 def test_importing_the_program_declares_nothing() -> None:
