@@ -31,7 +31,7 @@ import pulumi
 import pulumi_aws as aws
 
 from ctfleet.settings import FleetSpec
-from infra.components.policies import allow, policy_document
+from infra.components.policies import allow, assumed_by, policy_document
 
 # EC2 actions IAM defines without resource types: they can only be granted on "*".
 UNSCOPED_READS = ("ec2:DescribeInstances", "ec2:DescribeSpotPriceHistory")
@@ -170,9 +170,7 @@ class Fleet(pulumi.ComponentResource):
                                                  retention_in_days=args.log_retention_days, tags=tags, opts=child)
         self.role = aws.iam.Role(
             f"{name}-role", description="ctfleet GPU worker instances",
-            assume_role_policy=policy_document({"Sid": "Ec2", "Effect": "Allow",
-                                                "Principal": {"Service": "ec2.amazonaws.com"},
-                                                "Action": "sts:AssumeRole"}),
+            assume_role_policy=assumed_by("ec2.amazonaws.com"),
             tags=tags, opts=child)
         self.profile = aws.iam.InstanceProfile(f"{name}-profile", role=self.role.name, tags=tags, opts=child)
         self.template = aws.ec2.LaunchTemplate(

@@ -21,7 +21,7 @@ from pathlib import Path
 import pulumi
 import pulumi_aws as aws
 
-from infra.components.policies import allow, policy_document
+from infra.components.policies import allow, assumed_by, policy_document
 
 COMPONENTS_DIR = Path(__file__).resolve().parents[2] / "ami" / "components"
 # Build order: runtime first, then the worker image on it; the smoke test runs last, on a test instance.
@@ -120,9 +120,7 @@ class Image(pulumi.ComponentResource):
             tags=tags, opts=child)
         self.role = aws.iam.Role(
             f"{name}-build-role", description="ctfleet worker AMI builds",
-            assume_role_policy=policy_document({"Sid": "Ec2", "Effect": "Allow",
-                                                "Principal": {"Service": "ec2.amazonaws.com"},
-                                                "Action": "sts:AssumeRole"}),
+            assume_role_policy=assumed_by("ec2.amazonaws.com"),
             tags=tags, opts=child)
         for managed in BUILD_MANAGED_POLICIES:
             aws.iam.RolePolicyAttachment(f"{name}-build-{managed}", role=self.role.name,

@@ -103,3 +103,9 @@ def allow(
     if condition is not None:
         declared["Condition"] = condition
     return declared
+
+
+def assumed_by(service: str) -> pulumi.Output[str]:
+    """A role's trust policy: only ``service`` (e.g. ``ec2.amazonaws.com``) may assume it."""
+    return policy_document({"Sid": "Assume", "Effect": "Allow", "Principal": {"Service": service},
+                            "Action": "sts:AssumeRole"})
