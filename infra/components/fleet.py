@@ -23,7 +23,6 @@ Imports pulumi, pulumi_aws, ``ctfleet.settings`` and ``infra.components.policies
 from __future__ import annotations
 
 import base64
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -108,7 +107,12 @@ def user_data(env: Mapping[str, str]) -> str:
     Nothing is pulled: no image, package or model (they are in the AMI), so a new instance
     takes work as soon as the unit is up.
     """
-    lines = "\n".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+    # Plain KEY=value lines: docker's --env-file takes values literally (quotes would become part of
+    # them) and systemd's EnvironmentFile reads the same lines the same way.
+    for key, value in env.items():
+        if "\n" in value or "\r" in value or value[:1] in ("'", '"') or value != value.strip():
+            raise ValueError(f"{key}={value!r} cannot be written to an environment file")
+    lines = "\n".join(f"{k}={v}" for k, v in sorted(env.items()))
     return "\n".join([
         "#!/bin/bash",
         "# ctfleet worker boot: settings only; the worker image and model are baked into the AMI.",

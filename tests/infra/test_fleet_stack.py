@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import shlex
 from dataclasses import replace
 from typing import Any
 
@@ -109,9 +108,19 @@ def test_user_data_only_writes_the_settings_and_starts_the_baked_worker(program:
         assert pull not in script, f"boot pulls something: {pull!r}"
     assert script.rstrip().endswith("systemctl enable --now ctfleet-worker.service")
     body = script.split("<<'CTFLEET_ENV'\n", 1)[1].split("\nCTFLEET_ENV\n", 1)[0]
+    # As docker's --env-file reads it: KEY=value, the value taken literally.
     env = dict(line.split("=", 1) for line in body.splitlines())
-    env = {k: shlex.split(v)[0] if v else "" for k, v in env.items()}
     assert Settings.from_env(env) == SETTINGS, "the worker reads back the stack's own settings"
+    assert env["CTFLEET_HOME"] == SETTINGS.home == "~/.ctfleet", "no quotes around values"
+
+
+def test_user_data_refuses_a_value_an_environment_file_cannot_hold() -> None:
+    from infra.components.fleet import user_data
+
+    assert "CTFLEET_LOG_LEVEL=INFO\n" in user_data({"CTFLEET_LOG_LEVEL": "INFO"})
+    for bad in ("two\nlines", "'quoted'", " padded"):
+        with pytest.raises(ValueError, match="environment file"):
+            user_data({"CTFLEET_MODEL": bad})
 
 
 # -- the group -------------------------------------------------------------------------
