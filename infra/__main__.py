@@ -128,7 +128,8 @@ def settings_for_stack(
 
 
 def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ...] = (),
-          image_source: str | None = None, image_version: str = "1.0.0") -> dict[str, Any]:
+          image_source: str | None = None, image_version: str = "1.0.0",
+          web_origins: tuple[str, ...] = ()) -> dict[str, Any]:
     """Declare every resource ``settings`` names and return the stack outputs.
 
     Parameters
@@ -144,6 +145,9 @@ def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ..
     image_source, image_version
         The worker AMI's Image Builder pipeline (config ``ctfleet:imageSource``, the ``s3://`` URI of
         the repository archive, and ``ctfleet:imageVersion``); ``None`` declares no pipeline.
+    web_origins
+        Origins of the web page (config ``ctfleet:webOrigin``, comma-separated ``https://host``):
+        the only ones the buckets' CORS admits; empty: no browser may upload.
 
     Returns
     -------
@@ -166,9 +170,12 @@ def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ..
             ingest_queue_arn=ingest.arn,
             ingest_queue_url=ingest.url,
             account_id=identity.account_id,
+            web_origins=web_origins,
             tags=tags,
         ),
     )
+    if not web_origins:
+        pulumi.log.warn("no ctfleet:webOrigin: the buckets admit no browser origin (uploads from the web page fail)")
     alerts = Alerts(
         "alerts",
         AlertsArgs.from_settings(settings, account_id=identity.account_id, partition=partition, tags=tags),
@@ -256,8 +263,9 @@ def main() -> None:
             f"{settings.stack!r} (set ctfleet:stack to choose it)"
         )
     zones = tuple(z.strip() for z in (config.get("zones") or "").split(",") if z.strip())
+    origins = tuple(o.strip() for o in (config.get("webOrigin") or "").split(",") if o.strip())
     declared = build(settings, ami_id=config.get("amiId"), zones=zones, image_source=config.get("imageSource"),
-                     image_version=config.get("imageVersion") or "1.0.0")
+                     image_version=config.get("imageVersion") or "1.0.0", web_origins=origins)
     for name, value in declared.items():
         pulumi.export(name, value)
 

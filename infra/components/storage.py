@@ -84,6 +84,7 @@ class StorageArgs:
     key_alias: str
     raw_prefix: str = RAW_PREFIX
     multipart_abort_days: int = 1
+    web_origins: tuple[str, ...] = ()
     results_noncurrent_days: int = 90
     tags: Mapping[str, str] = field(default_factory=dict)
 
@@ -96,6 +97,9 @@ class StorageArgs:
             raise ValueError(f"raw_expiry_days {self.raw_expiry_days} must be >= 1 (S3 expires in whole days)")
         if not re.match(r"^alias/[A-Za-z0-9/_-]{1,250}$", self.key_alias) or self.key_alias.startswith("alias/aws/"):
             raise ValueError(f"key_alias {self.key_alias!r} must be alias/ then letters, digits, '/', '_' or '-', not alias/aws/")
+        for origin in self.web_origins:
+            if not re.match(r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", origin):
+                raise ValueError(f"web origin {origin!r}: https://host[:port], no path (ctfleet:webOrigin)")
         if not self.manifest_name or "/" in self.manifest_name:
             raise ValueError(f"manifest_name {self.manifest_name!r} must be a non-empty object name without '/'")
 
@@ -112,6 +116,7 @@ class StorageArgs:
         ingest_queue_arn: pulumi.Input[str],
         ingest_queue_url: pulumi.Input[str],
         account_id: pulumi.Input[str],
+        web_origins: tuple[str, ...] = (),
         tags: Mapping[str, str] | None = None,
     ) -> "StorageArgs":
         """The buckets ``settings`` names, notifying the given ingest queue.
@@ -141,6 +146,7 @@ class StorageArgs:
             ingest_queue_url=ingest_queue_url,
             account_id=account_id,
             key_alias=f"alias/{settings.stack}-storage",
+            web_origins=tuple(web_origins),
             tags=dict(tags or {}),
         )
 
@@ -212,6 +218,8 @@ class Storage(pulumi.ComponentResource):
         self._tls_only_policy(prefix, bucket, self._public_access_block(prefix, bucket))
         if role == "results":
             self._versioning(prefix, bucket)
+        if args.web_origins:
+            self._cors(prefix, role, bucket, args.web_origins)
         aws.s3.BucketLifecycleConfiguration(
             f"{prefix}-lifecycle",
             bucket=bucket.id,
@@ -219,6 +227,20 @@ class Storage(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         return bucket
+
+    def _cors(self, prefix: str, role: str, bucket: aws.s3.Bucket, origins: tuple[str, ...]) -> None:
+        """Let the web page's origin (only) POST uploads to the raw bucket and read the other two.
+
+        The browser sends files straight to S3 with presigned POSTs; radiologists' overlays and
+        results are fetched with presigned GETs. No other origin, no other method.
+        """
+        methods = ["POST"] if role == "raw" else ["GET", "HEAD"]
+        aws.s3.BucketCorsConfiguration(
+            f"{prefix}-cors", bucket=bucket.id,
+            cors_rules=[aws.s3.BucketCorsConfigurationCorsRuleArgs(
+                allowed_origins=list(origins), allowed_methods=methods, allowed_headers=["*"],
+                expose_headers=["ETag"], max_age_seconds=3600)],
+            opts=pulumi.ResourceOptions(parent=self))
 
     def _encryption(self, prefix: str, bucket: aws.s3.Bucket) -> None:
         """Encrypt ``bucket`` by default with the component's key."""

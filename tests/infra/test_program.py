@@ -46,7 +46,7 @@ ZONES = (f"{REGION}a", f"{REGION}b")
 def program() -> Program:
     from infra.__main__ import build
 
-    return run_program(lambda: build(SETTINGS, ami_id=AMI, zones=ZONES))
+    return run_program(lambda: build(SETTINGS, ami_id=AMI, zones=ZONES, web_origins=("https://ct.hospital.example",)))
 
 
 # -- names ----------------------------------------------------------------------------
