@@ -322,11 +322,11 @@ def _diaphragm_domes(tissue: torch.Tensor, region: torch.Tensor, sp_c: tuple[flo
     return dome
 
 
-def _mediastinum(side_c: torch.Tensor, body_fill_c: torch.Tensor, bay: tuple[int, int, int] | None = None,
-                 heart: torch.Tensor | None = None, solid: torch.Tensor | None = None) -> torch.Tensor:
+def _mediastinum(side_c: torch.Tensor, body_fill_c: torch.Tensor, bay: tuple[int, int, int], heart: torch.Tensor,
+                 solid: torch.Tensor) -> torch.Tensor:
     """Per slice and row, the columns between the right lung's most medial voxel and the left lung's.
 
-    A row with one lung only runs from that lung to the body's midline. With ``bay`` (rows ``lo``,
+    A row with one lung only runs from that lung to the body's midline. By ``bay`` (rows ``lo``,
     ``hi``; columns ``depth``), outside the rows of the ``heart``, the left lung's medial border where
     it steps out by at least ``depth`` over a run of rows, with the border further in both in front
     and behind, ``lo`` to ``hi`` rows apart, is a lesion the lung wraps round, not mediastinum: the
@@ -342,16 +342,11 @@ def _mediastinum(side_c: torch.Tensor, body_fill_c: torch.Tensor, bay: tuple[int
     has_r, has_l = r_max >= 0, l_min < x
     r_edge = torch.where(has_r, r_max, mid.expand_as(r_max))
     l_edge = torch.where(has_l, l_min, mid.expand_as(l_min))
-    if bay is not None:
-        inf = float("inf")
-        floor = torch.where(has_r, 2.0 * mid - r_max, torch.full_like(r_max, inf))
-        if heart is not None:
-            floor = floor.masked_fill(heart.any(dim=2), inf)
-        stop = torch.full_like(floor, -inf)
-        if solid is not None:
-            # The last fat or air voxel medial of the aerated lung (its partial-volume rim aside).
-            stop = torch.where(~solid & (xs < (l_min - 1.0)[..., None]), xs, torch.full_like(xs, -1.0)).amax(dim=2) + 1.0
-        l_edge = torch.where(has_l, _bridged(l_min.masked_fill(~has_l, inf), bay, floor, stop), l_edge)
+    inf = float("inf")
+    floor = torch.where(has_r, 2.0 * mid - r_max, torch.full_like(r_max, inf)).masked_fill(heart.any(dim=2), inf)
+    # The last fat or air voxel medial of the aerated lung (its partial-volume rim aside).
+    stop = torch.where(~solid & (xs < (l_min - 1.0)[..., None]), xs, torch.full_like(xs, -1.0)).amax(dim=2) + 1.0
+    l_edge = torch.where(has_l, _bridged(l_min.masked_fill(~has_l, inf), bay, floor, stop), l_edge)
     return (xs > r_edge[..., None]) & (xs < l_edge[..., None]) & (has_r | has_l)[..., None]
 
 
