@@ -192,7 +192,7 @@ def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ..
             studies_bucket_arn=storage.buckets["studies"].arn, results_bucket_arn=storage.buckets["results"].arn,
             key_arn=storage.key.arn, queue_key_arn=queues.key.arn,
             table_arns=[tables.tables[r].arn for r in ("studies", "facilities", "ledger")],
-            region=settings.region, account_id=identity.account_id, partition=partition, tags=tags))
+            region=settings.region, tags=tags))
     else:
         pulumi.log.warn("no ctfleet:amiId: the GPU fleet is not declared; build the worker AMI (ami/README.md) "
                         "and set ctfleet:amiId")
@@ -218,11 +218,10 @@ def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ..
     for role, table in tables.tables.items():
         outputs[f"{role}_table"] = table.name
         outputs[f"{role}_table_arn"] = table.arn
-    specs = (settings.ingest_queue, settings.urgent_queue, settings.backfill_queue)
     monitoring = Monitoring("monitoring", MonitoringArgs(
         stack=settings.stack, region=settings.region, topic_name=settings.operations_topic,
-        job_queues=[q.name for q in specs],
-        urgent_queue=settings.urgent_queue.name, dead_letter_queues=[q.dlq_name for q in specs],
+        job_queues=[q.name for q in settings.queues],
+        urgent_queue=settings.urgent_queue.name, dead_letter_queues=[q.dlq_name for q in settings.queues],
         group_name=settings.fleet.group_name, account_id=identity.account_id, partition=partition,
         worker_log_group=fleet.log_group.name if fleet is not None else None, tags=tags))
     if image_source:
@@ -246,6 +245,11 @@ def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ..
     return outputs
 
 
+def _config_list(config: pulumi.Config, key: str) -> tuple[str, ...]:
+    """A comma-separated config value as its items (``()`` when unset)."""
+    return tuple(item.strip() for item in (config.get(key) or "").split(",") if item.strip())
+
+
 def main() -> None:
     """Read the settings once, build the stack and export its outputs."""
     config = pulumi.Config()
@@ -262,10 +266,9 @@ def main() -> None:
             f"CTFLEET_STACK={base.stack!r} in the environment is ignored; this stack's names use "
             f"{settings.stack!r} (set ctfleet:stack to choose it)"
         )
-    zones = tuple(z.strip() for z in (config.get("zones") or "").split(",") if z.strip())
-    origins = tuple(o.strip() for o in (config.get("webOrigin") or "").split(",") if o.strip())
-    declared = build(settings, ami_id=config.get("amiId"), zones=zones, image_source=config.get("imageSource"),
-                     image_version=config.get("imageVersion") or "1.0.0", web_origins=origins)
+    declared = build(settings, ami_id=config.get("amiId"), zones=_config_list(config, "zones"),
+                     image_source=config.get("imageSource"), image_version=config.get("imageVersion") or "1.0.0",
+                     web_origins=_config_list(config, "webOrigin"))
     for name, value in declared.items():
         pulumi.export(name, value)
 

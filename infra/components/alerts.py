@@ -15,7 +15,7 @@ import pulumi_aws as aws
 
 from ctfleet.settings import Settings
 from infra.components.keys import customer_key
-from infra.components.policies import policy_document, statement
+from infra.components.policies import account_administers, policy_document, statement
 
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
@@ -119,13 +119,7 @@ class Alerts(pulumi.ComponentResource):
             policy=policy_document(
                 # The default key policy: IAM policies in this account decide
                 # who else may use the key (the triage function's role, added later).
-                statement(
-                    "AccountAdministers",
-                    "Allow",
-                    {"AWS": pulumi.Output.format("arn:{0}:iam::{1}:root", args.partition, args.account_id)},
-                    "kms:*",
-                    "*",
-                ),
+                account_administers(args.partition, args.account_id),
                 statement(
                     "CloudWatchAlarmsPublish",
                     "Allow",

@@ -84,8 +84,6 @@ class FleetArgs:
     queue_key_arn: pulumi.Input[str]
     table_arns: Sequence[pulumi.Input[str]]
     region: str
-    account_id: pulumi.Input[str]
-    partition: pulumi.Input[str] = "aws"
     log_retention_days: int = 30
     root_volume_gb: int = 100
     root_device: str = "/dev/xvda"

@@ -26,7 +26,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.components.keys import customer_key
-from infra.components.policies import policy_document, statement
+from infra.components.policies import account_administers, policy_document, statement
 
 SPOT_WARNING = "EC2 Spot Instance Interruption Warning"
 
@@ -99,9 +99,7 @@ class Monitoring(pulumi.ComponentResource):
         key = customer_key(
             name, description=f"ctfleet operator topic {topic_name}", alias=f"alias/{topic_name}", tags=tags, opts=child,
             policy=policy_document(
-                statement("AccountAdministers", "Allow",
-                          {"AWS": pulumi.Output.format("arn:{0}:iam::{1}:root", args.partition, args.account_id)},
-                          "kms:*", "*"),
+                account_administers(args.partition, args.account_id),
                 statement("AlarmsAndEventsPublish", "Allow",
                           {"Service": ["cloudwatch.amazonaws.com", "events.amazonaws.com"]},
                           ["kms:Decrypt", "kms:GenerateDataKey*"], "*",

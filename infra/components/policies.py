@@ -109,3 +109,9 @@ def assumed_by(service: str) -> pulumi.Output[str]:
     """A role's trust policy: only ``service`` (e.g. ``ec2.amazonaws.com``) may assume it."""
     return policy_document({"Sid": "Assume", "Effect": "Allow", "Principal": {"Service": service},
                             "Action": "sts:AssumeRole"})
+
+
+def account_administers(partition: pulumi.Input[str], account_id: pulumi.Input[str]) -> dict[str, Any]:
+    """The default key policy's statement: the account administers the key, IAM decides who else uses it."""
+    return statement("AccountAdministers", "Allow",
+                     {"AWS": pulumi.Output.format("arn:{0}:iam::{1}:root", partition, account_id)}, "kms:*", "*")

@@ -15,7 +15,7 @@ import pulumi_aws as aws
 
 from ctfleet.settings import QueueSpec, Settings
 from infra.components.keys import customer_key
-from infra.components.policies import policy_document, statement
+from infra.components.policies import account_administers, policy_document, statement
 
 # SQS limits (standard queues); checked here so a bad setting fails at
 # `pulumi preview` with a message naming it, not halfway through `pulumi up`.
@@ -148,9 +148,7 @@ class Queues(pulumi.ComponentResource):
             name, description="ctfleet job queues", alias=f"alias/{next(iter(args.queues.values())).name}-queues",
             tags=tags, opts=child,
             policy=policy_document(
-                statement("AccountAdministers", "Allow",
-                          {"AWS": pulumi.Output.format("arn:{0}:iam::{1}:root", args.partition, args.account_id)},
-                          "kms:*", "*"),
+                account_administers(args.partition, args.account_id),
                 statement("S3Notifies", "Allow", {"Service": "s3.amazonaws.com"},
                           ["kms:Decrypt", "kms:GenerateDataKey"], "*",
                           {"StringEquals": {"aws:SourceAccount": args.account_id}}),

@@ -230,7 +230,7 @@ def test_fleet_args_reject_what_would_not_run() -> None:
                                 security_group_id="sg", job_queue_arns=[], dead_letter_arns=[],
                                 studies_bucket_arn="a", results_bucket_arn="b", key_arn="k", queue_key_arn="q",
                                 table_arns=[],
-                                region=REGION, account_id="1")
+                                region=REGION)
     FleetArgs(**base)
     with pytest.raises(ValueError, match="AMI id"):
         FleetArgs(**{**base, "ami_id": "my-image"})

@@ -28,7 +28,7 @@ def _alarms(program: Program) -> dict[str, dict]:
 
 def test_every_dead_letter_queue_alarms_on_its_first_message(program: Program) -> None:
     alarms = _alarms(program)
-    dlqs = {q.dlq_name for q in (SETTINGS.ingest_queue, SETTINGS.urgent_queue, SETTINGS.backfill_queue)}
+    dlqs = {q.dlq_name for q in SETTINGS.queues}
     watched = {a["dimensions"]["QueueName"] for a in alarms.values() if a["metricName"] == "ApproximateNumberOfMessagesVisible"}
     assert watched == dlqs
     for a in alarms.values():
