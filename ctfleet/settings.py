@@ -304,6 +304,17 @@ class Settings:
         return self._bucket("results")
 
     @property
+    def code_bucket(self) -> str:
+        """The functions' code (``infra/``): no study data."""
+        return self._bucket("code")
+
+    @property
+    def stream_failures_queue(self) -> str:
+        """Table stream records a function gave up on (their metadata, no PHI): the triage and audit
+        functions' failure destination on AWS."""
+        return f"{self.stack}-stream-failures"
+
+    @property
     def buckets(self) -> tuple[str, str, str]:
         return (self.raw_bucket, self.studies_bucket, self.results_bucket)
 

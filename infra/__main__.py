@@ -31,19 +31,23 @@ the same names, e.g. ``pulumi stack output env --json``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
-from ctfleet.settings import Settings
+from ctfleet.settings import Env, Settings
 from infra.components import (
     Alerts,
     AlertsArgs,
     Fleet,
     FleetArgs,
+    Functions,
+    FunctionsArgs,
     Identity,
     IdentityArgs,
     Image,
@@ -63,6 +67,8 @@ from infra.components import (
 # The runtime's default stack name doubles as the project prefix, so a
 # deployed stack's names read as ``ctfleet-dev-...`` next to the local ``ctfleet-...``.
 PROJECT_PREFIX = Settings().stack
+# What `make lambda-asset` builds (config ctfleet:lambdaAsset overrides it).
+DEFAULT_ASSET = Path(__file__).resolve().parents[1] / "build" / "lambda.zip"
 
 
 def stack_name(pulumi_stack: str, prefix: str = PROJECT_PREFIX) -> str:
@@ -127,7 +133,7 @@ def settings_for_stack(
     )
 
 
-def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ...] = (),
+def build(settings: Settings, *, code: tuple[str, str], ami_id: str | None = None, zones: tuple[str, ...] = (),
           image_source: str | None = None, image_version: str = "1.0.0",
           web_origins: tuple[str, ...] = ()) -> dict[str, Any]:
     """Declare every resource ``settings`` names and return the stack outputs.
@@ -136,6 +142,8 @@ def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ..
     ----------
     settings
         The stack's settings; every resource name comes from here.
+    code
+        The functions' code asset (``make lambda-asset``): its path and sha256.
     ami_id
         The worker AMI (config ``ctfleet:amiId``, built as ``ami/README.md`` says); ``None``
         declares no fleet (the first ``pulumi up`` of a new account, before any AMI exists).
@@ -197,6 +205,23 @@ def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ..
         pulumi.log.warn("no ctfleet:amiId: the GPU fleet is not declared; build the worker AMI (ami/README.md) "
                         "and set ctfleet:amiId")
 
+    issuer = pulumi.Output.concat("https://cognito-idp.", settings.region, ".amazonaws.com/", users.pool.id)
+    functions = Functions("functions", FunctionsArgs(
+        stack=settings.stack, region=settings.region, code_bucket=settings.code_bucket, code_path=code[0],
+        code_sha256=code[1],
+        env={**settings.to_env(), Env.AUTH_ISSUER: issuer, Env.AUTH_CLIENT_ID: users.client.id},
+        buckets={r: b.arn for r, b in storage.buckets.items()},
+        queues={r: q.arn for r, q in queues.queues.items()},
+        dead_letters={r: q.arn for r, q in queues.dlqs.items()},
+        tables={r: t.arn for r, t in tables.tables.items()},
+        streams={r: tables.tables[r].stream_arn for r in ("studies", "uploads")},
+        storage_key_arn=storage.key.arn, queue_key_arn=queues.key.arn, alerts_key_arn=alerts.key.arn,
+        alerts_topic_arn=alerts.topic.arn, secrets_key_arn=users.key.arn,
+        secrets_prefix_arn=pulumi.Output.format("arn:{0}:secretsmanager:{1}:{2}:secret:{3}/facility/", partition,
+                                                settings.region, identity.account_id, settings.stack),
+        failures_queue=settings.stream_failures_queue, group_arn=fleet.group.arn if fleet is not None else None,
+        schedule_s=settings.fleet.interval_s, tags=tags))
+
     outputs: dict[str, Any] = {
         "stack": settings.stack,
         "region": settings.region,
@@ -231,8 +256,8 @@ def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ..
     outputs["operations_topic_arn"] = monitoring.topic.arn
     outputs["user_pool_id"] = users.pool.id
     outputs["web_client_id"] = users.client.id
-    outputs["auth_issuer"] = pulumi.Output.concat("https://cognito-idp.", settings.region, ".amazonaws.com/",
-                                                  users.pool.id)
+    outputs["auth_issuer"] = issuer
+    outputs["functions"] = {r: f.name for r, f in functions.functions.items()}
     outputs["facility_secret_arns"] = {f: s.arn for f, s in users.secrets.items()}
     outputs["vpc_id"] = network.vpc.id
     outputs["worker_subnet_ids"] = [s.id for s in network.subnets]
@@ -243,6 +268,18 @@ def build(settings: Settings, *, ami_id: str | None = None, zones: tuple[str, ..
     outputs["studies_table_stream_arn"] = tables.tables["studies"].stream_arn
     outputs["uploads_table_stream_arn"] = tables.tables["uploads"].stream_arn
     return outputs
+
+
+def code_asset(path: Path) -> tuple[str, str]:
+    """The functions' asset at ``path`` and its sha256; a clear error when it was not built."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: the functions' code asset is missing; build it with `make lambda-asset` "
+                         "(or set ctfleet:lambdaAsset)")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return str(path), digest.hexdigest()
 
 
 def _config_list(config: pulumi.Config, key: str) -> tuple[str, ...]:
@@ -266,7 +303,8 @@ def main() -> None:
             f"CTFLEET_STACK={base.stack!r} in the environment is ignored; this stack's names use "
             f"{settings.stack!r} (set ctfleet:stack to choose it)"
         )
-    declared = build(settings, ami_id=config.get("amiId"), zones=_config_list(config, "zones"),
+    declared = build(settings, code=code_asset(Path(config.get("lambdaAsset") or DEFAULT_ASSET)),
+                     ami_id=config.get("amiId"), zones=_config_list(config, "zones"),
                      image_source=config.get("imageSource"), image_version=config.get("imageVersion") or "1.0.0",
                      web_origins=_config_list(config, "webOrigin"))
     for name, value in declared.items():

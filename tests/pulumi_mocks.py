@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ctfleet.settings import Settings
 from infra import preview
 from infra.preview import ACCOUNT, Declared
 
@@ -47,6 +48,18 @@ LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
 
 
 # -- the mocked engine ----------------------------------------------------------------
+
+
+def bucket_names(settings: Settings) -> list[str]:
+    """Every bucket the program declares for ``settings``: the runtime's three and the functions' code."""
+    return sorted([*settings.buckets, settings.code_bucket])
+
+
+def queue_names(settings: Settings) -> list[str]:
+    """Every queue the program declares: the job queues and the scaler's nudges with their DLQs, and the
+    stream failures queue."""
+    specs = (*settings.queues, settings.scaler_queue)
+    return sorted([*(n for q in specs for n in (q.name, q.dlq_name)), settings.stream_failures_queue])
 
 
 class RecordingMocks(preview.RecordingMocks):

@@ -3,7 +3,7 @@
 Each component takes a frozen ``*Args`` dataclass, built from
 :class:`ctfleet.settings.Settings` by its ``from_settings`` constructor, so the
 names and attributes declared here are the ones the runtime reads:
-``alerts``, ``fleet``, ``identity``, ``image``, ``monitoring``, ``network``, ``queues``, ``storage`` and ``tables``. Two helper modules hold
+``alerts``, ``fleet``, ``functions``, ``identity``, ``image``, ``monitoring``, ``network``, ``queues``, ``storage`` and ``tables``. Two helper modules hold
 what more than one component declares the same way: ``keys`` (a rotated
 customer KMS key and its alias) and ``policies`` (IAM policy documents).
 
@@ -13,6 +13,7 @@ nothing else from ctfleet.
 
 from infra.components.alerts import Alerts, AlertsArgs
 from infra.components.fleet import Fleet, FleetArgs
+from infra.components.functions import Functions, FunctionsArgs
 from infra.components.identity import Identity, IdentityArgs
 from infra.components.image import Image, ImageArgs
 from infra.components.monitoring import Monitoring, MonitoringArgs
@@ -26,6 +27,8 @@ __all__ = [
     "AlertsArgs",
     "Fleet",
     "FleetArgs",
+    "Functions",
+    "FunctionsArgs",
     "Identity",
     "IdentityArgs",
     "Image",

@@ -1,4 +1,4 @@
-"""SQS queues: ingest, urgent and backfill, each with its dead-letter queue.
+"""SQS queues: ingest, urgent, backfill and the scaler's nudges, each with its dead-letter queue.
 
 Per role: the queue (SSE-KMS with the component's customer key, redriving to its DLQ after
 ``max_receive_count`` receives), the DLQ, and the DLQ's redrive-allow policy naming that queue alone.
@@ -106,6 +106,7 @@ class QueuesArgs:
                 "ingest": settings.ingest_queue,
                 "urgent": settings.urgent_queue,
                 "backfill": settings.backfill_queue,
+                "scaler": settings.scaler_queue,
             },
             account_id=account_id,
             partition=partition,

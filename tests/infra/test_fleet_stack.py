@@ -9,6 +9,8 @@ never the raw (PHI) bucket.
 
 from __future__ import annotations
 
+from infra.preview import PLACEHOLDER_CODE
+
 import base64
 import json
 import logging
@@ -36,11 +38,11 @@ ZONES = (f"{REGION}b", f"{REGION}c")
 def program() -> Program:
     from infra.__main__ import build
 
-    return run_program(lambda: build(SETTINGS, ami_id=AMI, zones=ZONES))
+    return run_program(lambda: build(SETTINGS, code=PLACEHOLDER_CODE, ami_id=AMI, zones=ZONES))
 
 
 def _worker_policy(program: Program) -> dict[str, Any]:
-    [policy] = program.mocks.of_type(ROLE_POLICY)
+    [policy] = [p for p in program.mocks.of_type(ROLE_POLICY) if p.name == "fleet-policy"]
     return json.loads(policy.inputs["policy"])
 
 
@@ -158,7 +160,7 @@ def test_group_holds_terminating_instances_on_the_hook_the_worker_completes(prog
 
 
 def test_instance_role_is_assumed_by_ec2_only(program: Program) -> None:
-    [role] = program.mocks.of_type(ROLE)
+    [role] = [r for r in program.mocks.of_type(ROLE) if r.name == "fleet-role"]
     trust = json.loads(role.inputs["assumeRolePolicy"])
     [stmt] = trust["Statement"]
     assert stmt["Principal"] == {"Service": "ec2.amazonaws.com"} and stmt["Action"] == "sts:AssumeRole"
@@ -208,7 +210,7 @@ def test_worker_role_reads_studies_writes_results_and_never_touches_raw(program:
 def test_without_an_ami_the_program_declares_no_fleet_and_says_so() -> None:
     from infra.__main__ import build
 
-    ran = run_program(lambda: build(SETTINGS, zones=ZONES))
+    ran = run_program(lambda: build(SETTINGS, code=PLACEHOLDER_CODE, zones=ZONES))
     assert ran.mocks.of_type(GROUP) == [] and ran.mocks.of_type(LAUNCH_TEMPLATE) == []
     assert ran.mocks.of_type(VPC), "the network is there for the first AMI's fleet"
     warnings = [r.getMessage() for r in ran.logged if r.levelno >= logging.WARNING]
@@ -218,7 +220,7 @@ def test_without_an_ami_the_program_declares_no_fleet_and_says_so() -> None:
 def test_zones_default_to_the_first_two_the_region_reports() -> None:
     from infra.__main__ import build
 
-    ran = run_program(lambda: build(SETTINGS, ami_id=AMI))
+    ran = run_program(lambda: build(SETTINGS, code=PLACEHOLDER_CODE, ami_id=AMI))
     assert sorted(s.inputs["availabilityZone"] for s in ran.mocks.of_type(SUBNET)) == [f"{REGION}a", f"{REGION}b"]
 
 

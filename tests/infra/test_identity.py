@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from infra.preview import PLACEHOLDER_CODE
+
 import pytest
 from pulumi_mocks import Program, run_program
 
@@ -19,7 +21,7 @@ SETTINGS = Settings(stack="ctfleet-u1", region="eu-north-1", facilities=("north"
 def program() -> Program:
     from infra.__main__ import build
 
-    return run_program(lambda: build(SETTINGS, zones=("eu-north-1a", "eu-north-1b")))
+    return run_program(lambda: build(SETTINGS, code=PLACEHOLDER_CODE, zones=("eu-north-1a", "eu-north-1b")))
 
 
 def test_pool_requires_mfa_by_app_strong_passwords_and_admin_created_accounts(program: Program) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from infra.preview import PLACEHOLDER_CODE
+
 import json
 import re
 from pathlib import Path
@@ -69,7 +71,7 @@ def test_the_unit_reads_the_environment_the_user_data_writes() -> None:
 def program() -> Program:
     from infra.__main__ import build
 
-    return run_program(lambda: build(SETTINGS, zones=("eu-west-1a", "eu-west-1b"), image_source=SOURCE,
+    return run_program(lambda: build(SETTINGS, code=PLACEHOLDER_CODE, zones=("eu-west-1a", "eu-west-1b"), image_source=SOURCE,
                                      image_version="2.3.4"))
 
 
@@ -104,7 +106,7 @@ def test_build_instances_use_imdsv2_and_read_only_the_source_archive(program: Pr
 def test_no_pipeline_unless_configured() -> None:
     from infra.__main__ import build
 
-    ran = run_program(lambda: build(SETTINGS, zones=("eu-west-1a", "eu-west-1b")))
+    ran = run_program(lambda: build(SETTINGS, code=PLACEHOLDER_CODE, zones=("eu-west-1a", "eu-west-1b")))
     assert ran.mocks.of_type("aws:imagebuilder/imagePipeline:ImagePipeline") == []
 
 

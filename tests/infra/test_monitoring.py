@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from infra.preview import PLACEHOLDER_CODE
+
 import json
 
 import pytest
@@ -19,7 +21,7 @@ SETTINGS = Settings(stack="ctfleet-m1", region="ap-south-1")
 def program() -> Program:
     from infra.__main__ import build
 
-    return run_program(lambda: build(SETTINGS, ami_id="ami-0123456789abcdef0", zones=("ap-south-1a", "ap-south-1b")))
+    return run_program(lambda: build(SETTINGS, code=PLACEHOLDER_CODE, ami_id="ami-0123456789abcdef0", zones=("ap-south-1a", "ap-south-1b")))
 
 
 def _alarms(program: Program) -> dict[str, dict]:
@@ -45,7 +47,7 @@ def test_urgent_waiting_worker_errors_and_spot_interruptions_alarm(program: Prog
     [flt] = program.mocks.of_type("aws:cloudwatch/logMetricFilter:LogMetricFilter")
     assert flt.inputs["logGroupName"] == SETTINGS.log_group and flt.inputs["pattern"] == '{ $.level = "ERROR" }'
     assert errors["metricName"] == flt.inputs["metricTransformation"]["name"]
-    [rule] = program.mocks.of_type("aws:cloudwatch/eventRule:EventRule")
+    [rule] = [r for r in program.mocks.of_type("aws:cloudwatch/eventRule:EventRule") if r.name == "monitoring-spot-warnings"]
     assert json.loads(rule.inputs["eventPattern"])["detail-type"] == ["EC2 Spot Instance Interruption Warning"]
     assert alarms["ctfleet-m1-spot-interruptions"]["dimensions"] == {"RuleName": rule.inputs["name"]}
 
@@ -57,7 +59,7 @@ def test_alarms_go_to_the_operator_topic_not_the_clinicians(program: Program) ->
     assert SETTINGS.alerts_topic in topics and ops.inputs.get("kmsMasterKeyId")
     for a in _alarms(program).values():
         assert a["alarmActions"] == [ops.state["arn"]] and a["treatMissingData"] == "notBreaching"
-    [target] = m.of_type("aws:cloudwatch/eventTarget:EventTarget")
+    [target] = [t for t in m.of_type("aws:cloudwatch/eventTarget:EventTarget") if t.name == "monitoring-spot-warnings"]
     assert target.inputs["arn"] == ops.state["arn"]
     [policy] = m.of_type("aws:sns/topicPolicy:TopicPolicy")
     [stmt] = json.loads(policy.inputs["policy"])["Statement"]
@@ -76,6 +78,6 @@ def test_dashboard_shows_queues_dead_letters_fleet_errors_and_spot(program: Prog
 def test_without_a_fleet_there_is_no_worker_alarm() -> None:
     from infra.__main__ import build
 
-    ran = run_program(lambda: build(SETTINGS, zones=("ap-south-1a", "ap-south-1b")))
+    ran = run_program(lambda: build(SETTINGS, code=PLACEHOLDER_CODE, zones=("ap-south-1a", "ap-south-1b")))
     names = {r.inputs["name"] for r in ran.mocks.of_type(ALARM)}
     assert "ctfleet-m1-worker-errors" not in names and "ctfleet-m1-urgent-waiting" in names

@@ -9,6 +9,8 @@ blocks, lifecycle and the upload notification.
 
 from __future__ import annotations
 
+from infra.preview import PLACEHOLDER_CODE
+
 import ast
 import dataclasses
 import importlib
@@ -23,6 +25,8 @@ from typing import Any
 import pulumi
 import pytest
 from pulumi_mocks import (
+    bucket_names,
+    queue_names,
     ACCESS_BLOCK, ACCOUNT, BUCKET, BUCKET_POLICY, ENCRYPTION, KEY, LIFECYCLE, NOTIFICATION, QUEUE, QUEUE_POLICY,
     REDRIVE_ALLOW, REGION, REPO, TABLE, TOPIC, VERSIONING, Program, RecordingMocks, run_program,
 )
@@ -46,7 +50,7 @@ ZONES = (f"{REGION}a", f"{REGION}b")
 def program() -> Program:
     from infra.__main__ import build
 
-    return run_program(lambda: build(SETTINGS, ami_id=AMI, zones=ZONES, web_origins=("https://ct.hospital.example",)))
+    return run_program(lambda: build(SETTINGS, code=PLACEHOLDER_CODE, ami_id=AMI, zones=ZONES, web_origins=("https://ct.hospital.example",)))
 
 
 # -- names ----------------------------------------------------------------------------
@@ -54,10 +58,8 @@ def program() -> Program:
 
 def test_every_name_is_the_settings_name(program: Program) -> None:
     m = program.mocks
-    assert sorted(r.inputs["bucket"] for r in m.of_type(BUCKET)) == sorted(SETTINGS.buckets)
-    assert sorted(r.inputs["name"] for r in m.of_type(QUEUE)) == sorted(
-        n for q in SETTINGS.queues for n in (q.name, q.dlq_name)
-    )
+    assert sorted(r.inputs["bucket"] for r in m.of_type(BUCKET)) == bucket_names(SETTINGS)
+    assert sorted(r.inputs["name"] for r in m.of_type(QUEUE)) == queue_names(SETTINGS)
     assert sorted(r.inputs["name"] for r in m.of_type(TABLE)) == sorted(t.name for t in SETTINGS.tables)
     assert sorted(r.inputs["name"] for r in m.of_type(TOPIC)) == sorted([SETTINGS.alerts_topic, SETTINGS.operations_topic])
     # Exact names: nothing relies on Pulumi's auto-naming (which appends a suffix).
@@ -242,7 +244,7 @@ def test_raw_objects_expire_after_the_settings_days(program: Program) -> None:
 
 
 def test_only_results_are_versioned(program: Program) -> None:
-    [versioning] = program.mocks.of_type(VERSIONING)
+    [versioning] = [v for v in program.mocks.of_type(VERSIONING) if v.inputs["bucket"] in SETTINGS.buckets]
     assert versioning.inputs["bucket"] == SETTINGS.results_bucket
     assert versioning.inputs["versioningConfiguration"]["status"] == "Enabled"
     [lifecycle] = program.mocks.for_bucket(LIFECYCLE, SETTINGS.results_bucket)
@@ -320,7 +322,7 @@ def test_every_component_takes_a_frozen_dataclass_of_args() -> None:
 
     classes = [getattr(components, name) for name in components.__all__]
     resources = [c for c in classes if issubclass(c, pulumi.ComponentResource)]
-    assert len(resources) == 9
+    assert len(resources) == 10
     for component in resources:
         args = typing.get_type_hints(component.__init__)["args"]
         assert isinstance(args, type) and args.__name__ == f"{component.__name__}Args", component
@@ -356,12 +358,16 @@ def test_pulumi_yaml_points_at_the_program() -> None:
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """No ctfleet or endpoint variables from the developer's shell."""
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
+    """No ctfleet or endpoint variables from the developer's shell; a code asset where config says."""
     for name in list(os.environ):
         if name.startswith("CTFLEET_") or name in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
             monkeypatch.delenv(name)
-    return monkeypatch
+    asset = tmp_path / "lambda.zip"
+    asset.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip: the mocked engine uploads nothing
+    pulumi.runtime.set_config("ctfleet:lambdaAsset", str(asset))
+    yield monkeypatch
+    pulumi.runtime.config.CONFIG.get().pop("ctfleet:lambdaAsset", None)
 
 
 def test_program_as_pulumi_runs_it_names_resources_after_the_stack(clean_env: pytest.MonkeyPatch) -> None:
@@ -380,10 +386,8 @@ def test_program_as_pulumi_runs_it_names_resources_after_the_stack(clean_env: py
     expected = replace(Settings(), stack="ctfleet-staging")
     assert ran.outputs["stack"] == "ctfleet-staging"
     assert Settings.from_env(ran.outputs["env"]) == expected
-    assert sorted(r.inputs["bucket"] for r in ran.mocks.of_type(BUCKET)) == sorted(expected.buckets)
-    assert sorted(r.inputs["name"] for r in ran.mocks.of_type(QUEUE)) == sorted(
-        n for q in expected.queues for n in (q.name, q.dlq_name)
-    )
+    assert sorted(r.inputs["bucket"] for r in ran.mocks.of_type(BUCKET)) == bucket_names(expected)
+    assert sorted(r.inputs["name"] for r in ran.mocks.of_type(QUEUE)) == queue_names(expected)
     assert sorted(r.inputs["name"] for r in ran.mocks.of_type(TABLE)) == sorted(t.name for t in expected.tables)
     assert sorted(r.inputs["name"] for r in ran.mocks.of_type(TOPIC)) == sorted([expected.alerts_topic, expected.operations_topic])
 
@@ -401,8 +405,7 @@ def test_program_warns_when_the_environment_names_another_stack(clean_env: pytes
     import infra.__main__ as program_module
 
     ran = run_program(lambda: program_module.main() or {}, stack="dev")
-    assert {r.inputs["bucket"] for r in ran.mocks.of_type(BUCKET)} == set(
-        replace(Settings(), stack="ctfleet-dev").buckets
-    )
+    assert sorted(r.inputs["bucket"] for r in ran.mocks.of_type(BUCKET)) == bucket_names(
+        replace(Settings(), stack="ctfleet-dev"))
     warnings = [r.getMessage() for r in ran.logged if r.levelno >= logging.WARNING]
     assert any("CTFLEET_STACK='ctfleet-prod'" in w and "ctfleet-dev" in w for w in warnings), warnings

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from infra.preview import PLACEHOLDER_CODE
+
 import logging
 
 import pytest
@@ -19,7 +21,7 @@ ORIGIN = "https://ct.hospital.example"
 def _build(**kw: object) -> Program:
     from infra.__main__ import build
 
-    return run_program(lambda: build(SETTINGS, zones=("eu-west-3a", "eu-west-3b"), **kw))  # type: ignore[arg-type]
+    return run_program(lambda: build(SETTINGS, code=PLACEHOLDER_CODE, zones=("eu-west-3a", "eu-west-3b"), **kw))  # type: ignore[arg-type]
 
 
 def test_raw_takes_posts_and_the_others_gets_from_the_web_origin_only() -> None:
